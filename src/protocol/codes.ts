@@ -1,0 +1,66 @@
+/**
+ * Message type codes and status codes of the wire protocol. The numbers and
+ * names come from the original module and never change.
+ *
+ * @module
+ */
+
+/** Built-in message type codes (`type` field of a frame). */
+export const MessageType = {
+  /** Register a connection with a sessionId. */
+  REGISTER: 1000,
+  /** Text message; the body is the text. */
+  TEXT: 2001,
+  /** Notice; the body is a NoticeBody JSON string. */
+  NOTICE: 3001,
+  /** Notice whose `target` the client may change. */
+  TARGET_NOTICE: 3003,
+  /** Send status, server to client only. */
+  SEND_STATUS: 9001,
+  /** Receive status (receipt), client to server to the original sender. */
+  RECEIPT: 9101,
+} as const;
+
+/** One of the built-in type codes. */
+export type BuiltInType = typeof MessageType[keyof typeof MessageType];
+
+/** Every type code the server handles itself; plugins may not claim these. */
+export const BUILT_IN_TYPES: ReadonlySet<number> = new Set(Object.values(MessageType));
+
+/** Types that are stored and delivered to users in `to`. */
+export const DELIVERED_TYPES: ReadonlySet<number> = new Set([
+  MessageType.TEXT,
+  MessageType.NOTICE,
+  MessageType.TARGET_NOTICE,
+]);
+
+/** Status codes carried in a StatusBody. */
+export const StatusCode = {
+  SUCCESS: 200,
+  FAILED: 400,
+  MESSAGE_ERROR: 401,
+  SESSION_ERROR: 402,
+  TYPE_ERROR: 403,
+  BODY_ERROR: 404,
+  FROM_ERROR: 405,
+  TO_ERROR: 406,
+  RECEIVE_ERROR: 407,
+} as const;
+
+/** A status name, such as `"SUCCESS"` or `"SESSION_ERROR"`. */
+export type StatusName = keyof typeof StatusCode;
+
+/** A status code number. */
+export type StatusCodeValue = typeof StatusCode[StatusName];
+
+const NAMES = new Map<number, StatusName>(
+  Object.entries(StatusCode).map(([name, code]) => [code, name as StatusName]),
+);
+
+/** The name of a status code (`200` → `"SUCCESS"`), or undefined for an unknown code. */
+export function statusName(code: number): StatusName | undefined {
+  return NAMES.get(code);
+}
+
+/** The `from` value of frames sent by the server or by business backends. */
+export const SYSTEM = "SYSTEM";

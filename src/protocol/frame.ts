@@ -1,0 +1,157 @@
+/**
+ * Frames and bodies: the zod schemas that define them, `decodeFrame` for the
+ * first check of every incoming message, and the encoders for server frames.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { MessageType, statusName, type StatusName, SYSTEM } from "./codes.ts";
+
+/** One frame of the wire protocol, as sent and received. */
+export interface Message {
+  /** Message id chosen by the sender; a message is known by its sender and its id. */
+  id: string;
+  /** Type code: one of {@link MessageType} or a custom type handled by a plugin. */
+  type: number;
+  /** True only for frames sent by the system. */
+  isSystem: boolean;
+  /** Sender's userId, or `SYSTEM`. */
+  from: string;
+  /** Recipient userId, or several joined by commas. */
+  to: string;
+  /** Content; its format depends on `type`. */
+  body: string;
+  /** Milliseconds since the epoch; filled in by the server when absent. */
+  timestamp?: number;
+}
+
+/** The envelope every frame must have. Extra fields are kept and forwarded. */
+export const MessageSchema = z.looseObject({
+  id: z.string().min(1, "must be a non-empty string"),
+  type: z.int(),
+  isSystem: z.boolean(),
+  from: z.string(),
+  to: z.string(),
+  body: z.string(),
+  timestamp: z.int().nonnegative().nullish(),
+});
+
+/** Body of a 1000 register frame. */
+export const RegisterBodySchema = z.object({ sessionId: z.string().min(1) });
+
+/** Body of 3001 and 3003 notices. */
+export const NoticeBodySchema = z.object({
+  title: z.string().min(1),
+  msg: z.string().min(1),
+  target: z.string().optional(),
+  serviceId: z.string().optional(),
+});
+
+/** A NoticeBody. */
+export type NoticeBody = z.infer<typeof NoticeBodySchema>;
+
+/** Body of 9001 and 9101 frames: a status code with its name and a readable message. */
+export const StatusBodySchema = z.object({
+  code: z.int(),
+  status: z.string(),
+  msg: z.string(),
+}).refine((body) => statusName(body.code) === body.status, {
+  message: "status must be the name of a known code",
+});
+
+/** A StatusBody. */
+export interface StatusBody {
+  code: number;
+  status: StatusName;
+  msg: string;
+}
+
+/** Result of {@link decodeFrame}. */
+export type DecodeResult =
+  | { ok: true; message: Message; raw: string }
+  | { ok: false; id: string; msg: string };
+
+/**
+ * Parses one incoming text frame and checks its envelope (the 401 MESSAGE_ERROR
+ * check). On failure it still returns the frame's id when that could be read.
+ */
+export function decodeFrame(text: string): DecodeResult {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return { ok: false, id: "", msg: "Frame is not valid JSON" };
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    return { ok: false, id: "", msg: "Frame is not a JSON object" };
+  }
+  const parsed = MessageSchema.safeParse(value);
+  if (!parsed.success) {
+    const rawId = (value as { id?: unknown }).id;
+    const issue = parsed.error.issues[0];
+    const field = issue.path.join(".");
+    const what = issue.code === "invalid_type" && issue.input === undefined
+      ? "is missing"
+      : `is not valid: ${issue.message}`;
+    return {
+      ok: false,
+      id: typeof rawId === "string" ? rawId : "",
+      msg: `Field "${field}" ${what}`,
+    };
+  }
+  const message = parsed.data as Message;
+  if (message.timestamp === null) delete message.timestamp;
+  return { ok: true, message, raw: text };
+}
+
+/**
+ * Splits a `to` field into user ids. Returns undefined when it is empty or has
+ * an empty entry.
+ */
+export function splitRecipients(to: string): string[] | undefined {
+  if (to === "") return undefined;
+  const list = to.split(",");
+  for (const entry of list) if (entry === "") return undefined;
+  return list.length === 1 ? list : [...new Set(list)];
+}
+
+/** Parses a JSON body with a schema; returns undefined when it does not fit. */
+export function parseJsonBody<T>(body: string, schema: z.ZodType<T>): T | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(body);
+  } catch {
+    return undefined;
+  }
+  const parsed = schema.safeParse(value);
+  return parsed.success ? parsed.data : undefined;
+}
+
+/** The JSON text of a StatusBody for a code. */
+export function statusBody(code: number, msg?: string): string {
+  const status = statusName(code) ?? "FAILED";
+  return JSON.stringify({ code, status, msg: msg ?? status });
+}
+
+/** Encodes the 9001 reply to a frame. */
+export function encodeSendStatus(id: string, to: string, code: number, msg?: string): string {
+  return JSON.stringify({
+    id,
+    type: MessageType.SEND_STATUS,
+    isSystem: true,
+    from: SYSTEM,
+    to,
+    body: statusBody(code, msg),
+    timestamp: Date.now(),
+  });
+}
+
+/**
+ * The text to deliver for an accepted frame: the original text unchanged when
+ * it has a timestamp, otherwise the frame with the server's timestamp added.
+ */
+export function deliveryText(message: Message, raw: string): string {
+  if (message.timestamp !== undefined && message.timestamp !== null) return raw;
+  message.timestamp = Date.now();
+  return JSON.stringify(message);
+}
