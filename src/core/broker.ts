@@ -1,0 +1,36 @@
+/**
+ * The broker carries frames to the connections of users on every instance.
+ * The in-memory broker serves one instance; a Redis broker serves several.
+ *
+ * @module
+ */
+
+/** A frame on its way to the connections of some users. */
+export interface Delivery {
+  /** `sender\0id`: the key of the message, used to skip what a replay already sent. */
+  key: string;
+  /** The frame's JSON text. */
+  text: string;
+  /** Users who get the frame on every connection. */
+  users: string[];
+  /** Also send to this user's connections (the sender's other devices), never marked delivered. */
+  echoTo?: string;
+  /** The connection that sent it, `instance/connId`: it never gets its own frame. */
+  origin?: string;
+  /** Mark the message delivered for the `users` reached (stored messages only). */
+  record: boolean;
+}
+
+/**
+ * Routes deliveries to the instances holding the users' connections.
+ * Guarantees: deliveries published by one instance reach every instance in the
+ * order published; at most once per connection; no storage (a user without a
+ * connection simply gets nothing, the store keeps the message).
+ */
+export interface Broker {
+  /** Hands a delivery to every instance, this one included. */
+  publish(delivery: Delivery): Promise<void>;
+  /** Sets the function that delivers on this instance. */
+  subscribe(handler: (delivery: Delivery) => void): Promise<void>;
+  close(): Promise<void>;
+}
