@@ -19,6 +19,7 @@ import { TokenService } from "./auth/tokens.ts";
 import { UserDirectory } from "./auth/users.ts";
 import { randomId } from "./auth/base64.ts";
 import { StatusCode } from "./protocol/codes.ts";
+import { consoleHandler } from "./console/serve.ts";
 
 /** A running server. */
 export interface ImServer {
@@ -119,6 +120,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     maxRecipients: config.limits.maxRecipients,
   });
   router.add("GET", "/healthz", () => json({ data: "ok" }));
+  if (config.server.console) router.fallback(consoleHandler());
 
   const httpLogger = logger.child("http");
   const ready = Promise.withResolvers<Deno.NetAddr>();
