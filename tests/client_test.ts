@@ -475,3 +475,49 @@ class TcpProxy implements AsyncDisposable {
     await Promise.all([...this.#tasks]);
   }
 }
+
+Deno.test("client gets frames sent while it was offline after it registers", async () => {
+  await using server = await startServer();
+  const alice = client(server.url, "alice");
+  await alice.connect();
+  try {
+    await alice.send("u2", "first while away");
+    await alice.send("u2", "second while away");
+    const receiptIds = new Set<string>();
+    const bothReceipts = next(alice, "receipt", (r) => receiptIds.add(r.id).size === 2);
+    // Listeners added after `await connect()` still see the frames queued for Bob.
+    const bob = await connect({
+      url: server.url,
+      clientName: "web",
+      username: "bob",
+      password: "bob-pw",
+    });
+    try {
+      const bodies: string[] = [];
+      const second = next(bob, "message", (m) => m.body === "second while away");
+      bob.on("message", (m) => bodies.push(m.body));
+      await second;
+      assertEquals(bodies, ["first while away", "second while away"]);
+      await bothReceipts;
+    } finally {
+      await bob.close();
+    }
+  } finally {
+    await alice.close();
+  }
+});
+
+Deno.test("client refuses a frame the server closed on with 1009 and goes on", async () => {
+  await using server = await startServer({ limits: { maxFrameBytes: 2048 } });
+  const alice = client(server.url, "alice");
+  await alice.connect();
+  try {
+    const reconnected = next(alice, "state", (s) => s.state === "open");
+    await assertRejects(() => alice.send("u2", "x".repeat(4000)), Error, "1009");
+    await reconnected;
+    assertEquals((await alice.send("u2", "small")).code, 200);
+    await assertRejects(() => alice.send("u2", "y".repeat(3000)), Error, "too large");
+  } finally {
+    await alice.close();
+  }
+});

@@ -104,6 +104,8 @@ const DEFAULTS = {
 
 /** Close code the server uses when a newer connection of the same client replaces this one. */
 const CLOSE_REPLACED = 4001;
+/** Close code of a server that got a frame over its size limit. */
+const CLOSE_TOO_LARGE = 1009;
 /** Close code this client uses when it gives up on a connection that stopped answering. */
 const CLOSE_NO_ANSWER = 4000;
 
@@ -277,6 +279,10 @@ export class ImClient extends EventTarget {
   #connecting;
   /** @type {AbortController} */
   #abort = new AbortController();
+  /** Frames received right after a register, not dispatched yet. @type {any[] | undefined} */
+  #held;
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  #heldTimer;
 
   /** @param {import("./client.d.ts").ClientOptions} options */
   constructor(options) {
@@ -298,6 +304,9 @@ export class ImClient extends EventTarget {
     this.#fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
     this.#WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this.#token = options.token;
+    if ("document" in globalThis && typeof globalThis.addEventListener === "function") {
+      globalThis.addEventListener("online", this.#onOnline);
+    }
     this.#userId = options.userId ?? (options.token ? tokenSubject(options.token) : undefined);
   }
 
@@ -363,6 +372,20 @@ export class ImClient extends EventTarget {
     if (this.#state === "closed") return Promise.reject(new ClosedError("closed"));
     if (this.#connecting) return this.#connecting;
     if (this.#state === "open") return Promise.resolve();
+    if (this.#state === "reconnecting") {
+      // Already retrying by itself: wait for the outcome.
+      return new Promise((resolve, reject) => {
+        const off = this.on("state", (s) => {
+          if (s.state === "open") {
+            off();
+            resolve();
+          } else if (s.state === "closed") {
+            off();
+            reject(s.error ?? new ClosedError(s.reason ?? "closed"));
+          }
+        });
+      });
+    }
     this.#setState("connecting");
     this.#connecting = this.#attemptOnce().then(
       () => {
@@ -730,7 +753,8 @@ export class ImClient extends EventTarget {
           }
           return;
         }
-        this.#onFrame(value);
+        if (this.#held) this.#held.push(value);
+        else this.#onFrame(value);
       });
     });
   }
@@ -738,11 +762,24 @@ export class ImClient extends EventTarget {
   /** @param {WebSocket} ws */
   #onRegistered(ws) {
     this.#attempt = 0;
+    // Frames right after the register (offline messages) wait one macrotask, so that code
+    // after `await connect()` can add its listeners before they are dispatched.
+    this.#held = [];
+    this.#heldTimer = setTimeout(() => this.#release(), 0);
     this.#setState("open", { sessionId: this.#sessionId });
     for (const entry of [...this.#outbox]) {
       if (this.#ws !== ws || this.#state !== "open") break;
       this.#transmit(entry);
     }
+  }
+
+  /** Dispatches the frames held after a register. */
+  #release() {
+    clearTimeout(this.#heldTimer);
+    this.#heldTimer = undefined;
+    const held = this.#held ?? [];
+    this.#held = undefined;
+    for (const frame of held) this.#onFrame(frame);
   }
 
   /**
@@ -769,6 +806,7 @@ export class ImClient extends EventTarget {
   #onClose(ws, code, reason) {
     if (this.#ws !== ws) return;
     this.#ws = undefined;
+    this.#release();
     for (const entry of this.#outbox) {
       clearTimeout(entry.timer);
       entry.timer = undefined;
@@ -780,6 +818,7 @@ export class ImClient extends EventTarget {
       }
     }
     if (this.#state === "closed" || this.#state === "connecting") return;
+    if (code === CLOSE_TOO_LARGE) this.#dropTooLarge();
     if (code === CLOSE_REPLACED) {
       this.#shutdown("replaced", new ClosedError("replaced"));
       return;
@@ -790,6 +829,31 @@ export class ImClient extends EventTarget {
     }
     this.#scheduleReconnect({ code, reason });
   }
+
+  /**
+   * The server closed with 1009: a frame was over its limit. Resending it would
+   * loop, so the largest unanswered frame is refused and the limit lowered.
+   */
+  #dropTooLarge() {
+    let largest;
+    for (const entry of this.#outbox) {
+      if (!largest || entry.text.length > largest.text.length) largest = entry;
+    }
+    if (!largest) return;
+    const size = new TextEncoder().encode(largest.text).length;
+    this.#options.maxFrameBytes = Math.min(this.#options.maxFrameBytes, size - 1);
+    this.#forget(largest);
+    largest.reject(new ImError(`Frame is too large for the server: ${size} bytes (closed 1009)`));
+  }
+
+  /** Tries again at once, when the browser says the network is back. */
+  #onOnline = () => {
+    if (this.#state === "reconnecting" && this.#wakeRetry) {
+      this.#wakeRetry();
+      this.#attempt = 0;
+      this.#reconnect();
+    }
+  };
 
   /** @param {Record<string, unknown>} why */
   #scheduleReconnect(why) {
@@ -847,6 +911,10 @@ export class ImClient extends EventTarget {
   async #shutdown(reason, error) {
     if (this.#state !== "closed") {
       this.#abort.abort();
+      this.#release();
+      if ("document" in globalThis && typeof globalThis.removeEventListener === "function") {
+        globalThis.removeEventListener("online", this.#onOnline);
+      }
       if (this.#wakeRetry) this.#wakeRetry();
       const ws = this.#ws;
       this.#ws = undefined;
