@@ -300,9 +300,11 @@ Deno.test("client reconnects with a fresh session when the server restarts on th
     await down;
     // Sent while the server is down: queued and sent after the next register.
     const queued = alice.send("u2", "sent while down");
+    const reopened = alice.connect(); // while reconnecting: waits for the outcome
     await delay(100);
     server = await createServer(testConfig({ websocket: { port } }), { logger });
     const received = next(bob, "message", (m) => m.body === "sent while down");
+    await reopened;
     const result = await queued;
     assertEquals(result.code, 200);
     await received;

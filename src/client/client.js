@@ -944,7 +944,8 @@ export class ImClient extends EventTarget {
     if (frame.type === MessageType.SEND_STATUS) {
       const status = parseStatus(frame.body);
       const list = this.#byId.get(frame.id);
-      const entry = list?.find((e) => e.sentOn !== undefined) ?? list?.[0];
+      // Only a frame sent on the current socket can be answered on it.
+      const entry = list?.find((e) => e.sentOn !== undefined);
       this.#emit("status", { id: frame.id, type: entry?.frame.type, ...status });
       if (!entry) return;
       this.#forget(entry);
