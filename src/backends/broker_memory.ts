@@ -3,24 +3,31 @@
  *
  * @module
  */
-import type { Broker, Delivery } from "../core/broker.ts";
+import type { Broker, BrokerHandler, Delivery, Kick } from "../core/broker.ts";
 
-/** Hands every delivery straight to this instance's handler. */
+const NOBODY: BrokerHandler = { deliver() {}, kick() {} };
+
+/** Hands everything straight to this instance's handler. */
 export class MemoryBroker implements Broker {
-  #handler: (delivery: Delivery) => void = () => {};
+  #handler = NOBODY;
 
   publish(delivery: Delivery): Promise<void> {
-    this.#handler(delivery);
+    this.#handler.deliver(delivery);
     return Promise.resolve();
   }
 
-  subscribe(handler: (delivery: Delivery) => void): Promise<void> {
+  kick(kick: Kick): Promise<void> {
+    this.#handler.kick(kick);
+    return Promise.resolve();
+  }
+
+  subscribe(handler: BrokerHandler): Promise<void> {
     this.#handler = handler;
     return Promise.resolve();
   }
 
   close(): Promise<void> {
-    this.#handler = () => {};
+    this.#handler = NOBODY;
     return Promise.resolve();
   }
 }

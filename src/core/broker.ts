@@ -22,6 +22,27 @@ export interface Delivery {
 }
 
 /**
+ * Closes connections of a user on every instance: a kick from the business
+ * API, or a newer register of the same (userId, clientName) replacing older ones.
+ */
+export interface Kick {
+  userId: string;
+  /** Only this client; all of the user's connections when absent. */
+  clientName?: string;
+  /** WebSocket close code and reason, e.g. 4001 "replaced". */
+  code: number;
+  reason: string;
+  /** A connection (`instance/connId`) to spare: the one that replaces the others. */
+  except?: string;
+}
+
+/** What an instance does with what the broker carries. */
+export interface BrokerHandler {
+  deliver(delivery: Delivery): void;
+  kick(kick: Kick): void;
+}
+
+/**
  * Routes deliveries to the instances holding the users' connections.
  * Guarantees: deliveries published by one instance reach every instance in the
  * order published; at most once per connection; no storage (a user without a
@@ -30,7 +51,9 @@ export interface Delivery {
 export interface Broker {
   /** Hands a delivery to every instance, this one included. */
   publish(delivery: Delivery): Promise<void>;
-  /** Sets the function that delivers on this instance. */
-  subscribe(handler: (delivery: Delivery) => void): Promise<void>;
+  /** Hands a kick to every instance, this one included. */
+  kick(kick: Kick): Promise<void>;
+  /** Sets what this instance does with deliveries and kicks. */
+  subscribe(handler: BrokerHandler): Promise<void>;
   close(): Promise<void>;
 }

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Broker, Delivery as Routed } from "./broker.ts";
+import type { Broker, Delivery as Routed, Kick } from "./broker.ts";
 import type { Connection, Hub } from "./hub.ts";
 import type { MessageKey, MessageStore } from "./store.ts";
 import { SYSTEM } from "../protocol/codes.ts";
@@ -66,7 +66,10 @@ export class DeliveryService {
 
   /** Subscribes this instance to the broker. */
   start(): Promise<void> {
-    return this.#broker.subscribe((delivery) => this.#deliverHere(delivery));
+    return this.#broker.subscribe({
+      deliver: (delivery) => this.#deliverHere(delivery),
+      kick: (kick) => this.#kickHere(kick),
+    });
   }
 
   /** A connection reference that other instances understand. */
@@ -133,6 +136,14 @@ export class DeliveryService {
   async register(conn: Connection, registered: () => void): Promise<void> {
     const replaced = this.#hub.add(conn);
     if (replaced) replaced.close(4001, "replaced");
+    // The same client may be registered on another instance too.
+    await this.#broker.kick({
+      userId: conn.userId,
+      clientName: conn.clientName,
+      code: 4001,
+      reason: "replaced",
+      except: this.ref(conn),
+    });
     registered();
     try {
       const messages = await this.#store.unacknowledged(conn.userId);
@@ -145,6 +156,19 @@ export class DeliveryService {
       this.#logger.error("Replay of stored messages failed", { user: conn.userId, error });
     } finally {
       this.#hub.endReplay(conn);
+    }
+  }
+
+  /** Closes connections on every instance (business API kick). */
+  kick(kick: Kick): Promise<void> {
+    return this.#broker.kick(kick);
+  }
+
+  #kickHere(kick: Kick): void {
+    for (const conn of [...this.#hub.connectionsOf(kick.userId)]) {
+      if (kick.clientName !== undefined && conn.clientName !== kick.clientName) continue;
+      if (kick.except === this.ref(conn)) continue;
+      conn.close(kick.code, kick.reason);
     }
   }
 
