@@ -20,6 +20,7 @@ import { UserDirectory } from "./auth/users.ts";
 import { randomId } from "./auth/base64.ts";
 import { type LoadedPlugin, loadPlugins } from "./plugins/loader.ts";
 import { PluginRegistry } from "./plugins/registry.ts";
+import { consoleHandler } from "./console/serve.ts";
 
 /** A running server. */
 export interface ImServer {
@@ -158,6 +159,7 @@ async function start(
     maxRecipients: config.limits.maxRecipients,
   });
   router.add("GET", "/healthz", () => json({ data: "ok" }));
+  if (config.server.console) router.fallback(consoleHandler());
 
   const httpLogger = logger.child("http");
   const ready = Promise.withResolvers<Deno.NetAddr>();
