@@ -167,12 +167,14 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Sqli
   }
   try {
     try {
-      db.exec("PRAGMA locking_mode = EXCLUSIVE");
-      db.exec("PRAGMA journal_mode = WAL");
+      // Prepared statements: errors of `exec` carry no `errcode` in Deno 2.9.
+      db.prepare("PRAGMA locking_mode = EXCLUSIVE").get();
+      db.prepare("PRAGMA journal_mode = WAL").get();
       // Takes the lock now and keeps it until close (exclusive locking mode).
-      db.exec("BEGIN EXCLUSIVE; COMMIT");
+      db.prepare("BEGIN EXCLUSIVE").run();
+      db.prepare("COMMIT").run();
     } catch (error) {
-      if ((error as { errcode?: number }).errcode !== 5 /* SQLITE_BUSY */) throw error;
+      if (!isBusy(error)) throw error;
       let owner = "pid unknown";
       try {
         owner = `pid ${(await Deno.readTextFile(pidPath)).trim()}`;
@@ -599,6 +601,12 @@ export class SqliteStore implements MessageStore {
       }
     }
   }
+}
+
+/** Whether `error` is SQLITE_BUSY: another connection holds the lock. */
+function isBusy(error: unknown): boolean {
+  const { errcode, message } = error as { errcode?: number; message?: string };
+  return errcode === 5 || /database is locked/.test(message ?? "");
 }
 
 /** Resolves on the next turn of the event loop, after pending I/O. */
