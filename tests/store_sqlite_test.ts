@@ -277,3 +277,24 @@ function countTicks() {
     },
   };
 }
+
+Deno.test("SqliteStore fails only the write that cannot be stored, not its whole batch", async () => {
+  await withDir(async (dir) => {
+    const logger = captureLogger();
+    const store = await openSqliteStore({ dir, logger });
+    try {
+      const bad = { ...message("alice", "bad", ["bob"]), text: null as unknown as string };
+      const results = await Promise.allSettled([
+        store.accept(message("alice", "m1", ["bob"])),
+        store.accept(bad),
+        store.accept(message("alice", "m2", ["bob"])),
+      ]);
+      assert.deepEqual(results.map((r) => r.status), ["fulfilled", "rejected", "fulfilled"]);
+      assert.deepEqual((await store.unacknowledged("bob")).map((m) => m.id), ["m1", "m2"]);
+      assert.equal(await store.pendingCount(), 2);
+      assert.ok(logger.lines.some((line) => line.level === "error"));
+    } finally {
+      await store.close();
+    }
+  });
+});
