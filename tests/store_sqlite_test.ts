@@ -188,6 +188,15 @@ Deno.test("SqliteStore explains a directory it cannot use", async (t) => {
         (error: Error) => error.message.startsWith(`Cannot open storage ${file}/data: `),
       );
     });
+    await t.step("a file that is not a database", async () => {
+      const junk = `${dir}/junk`;
+      await Deno.mkdir(junk);
+      await Deno.writeTextFile(`${junk}/${DB_FILE}`, "not a database ".repeat(100));
+      await assert.rejects(
+        () => openSqliteStore({ dir: junk }),
+        new Error(`Cannot open storage ${junk}/${DB_FILE}: file is not a database`),
+      );
+    });
     await t.step("a directory without write permission", async () => {
       const other = `${dir}/other`;
       await Deno.mkdir(other);
