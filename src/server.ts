@@ -15,6 +15,7 @@ import { Router } from "./http/router.ts";
 import { json, jsonError } from "./http/errors.ts";
 import { addAuthRoutes } from "./http/auth_routes.ts";
 import { addServerRoutes } from "./http/server_routes.ts";
+import { addHistoryRoutes } from "./http/history_routes.ts";
 import { TokenService } from "./auth/tokens.ts";
 import { UserDirectory } from "./auth/users.ts";
 import { randomId } from "./auth/base64.ts";
@@ -157,6 +158,12 @@ async function start(
     delivery,
     custom,
     maxRecipients: config.limits.maxRecipients,
+  });
+  addHistoryRoutes(router, {
+    store: backends.store,
+    tokens,
+    cookieName: config.auth.cookieName,
+    apiKeys,
   });
   router.add("GET", "/healthz", () => json({ data: "ok" }));
   if (config.server.console) router.fallback(consoleHandler());
