@@ -7,16 +7,19 @@ import type { Config } from "../config/schema.ts";
 import type { Broker } from "../core/broker.ts";
 import type { SessionStore } from "../core/sessions.ts";
 import type { MessageStore } from "../core/store.ts";
+import type { Presence } from "../core/presence.ts";
 import type { Logger } from "../log.ts";
 import { MemoryBroker } from "./broker_memory.ts";
 import { MemorySessionStore } from "./sessions_memory.ts";
 import { MemoryStore } from "./store_memory.ts";
+import { MemoryPresence } from "./presence_memory.ts";
 
 /** The backends of one server instance. */
 export interface Backends {
   store: MessageStore;
   broker: Broker;
   sessions: SessionStore;
+  presence: Presence;
 }
 
 /** Opens the backends the configuration names. */
@@ -33,5 +36,6 @@ export function openBackends(config: Config, logger: Logger): Promise<Backends> 
     store,
     broker: new MemoryBroker(),
     sessions: new MemorySessionStore(config.auth.sessionTtlSeconds),
+    presence: new MemoryPresence(),
   });
 }
