@@ -9,6 +9,7 @@ import { ClientSession, type SessionDeps } from "../core/session.ts";
 import { encodeSendStatus } from "../protocol/frame.ts";
 import { StatusCode } from "../protocol/codes.ts";
 import type { Logger } from "../log.ts";
+import { RateLimiter, type RateLimitOptions } from "../ops/rate_limit.ts";
 
 /** Options of {@link WebSocketTransport}. */
 export interface TransportOptions {
@@ -21,8 +22,12 @@ export interface TransportOptions {
   maxConnectionsPerIp: number;
   maxConnectionsPerUser: number;
   allowedOrigins: string[];
+  /** Frames per connection (token bucket); no limit when absent. */
+  rateLimit?: RateLimitOptions;
   /** Called for every connection refused before or at upgrade. */
   onRejected?(reason: string): void;
+  /** Called for every frame refused by the rate limit. */
+  onRateLimited?(): void;
   /** Called when a socket opens or closes. */
   onOpenChange?(delta: 1 | -1): void;
 }
@@ -38,6 +43,7 @@ export class WebSocketTransport {
   #options: TransportOptions;
   #perIp = new Map<string, number>();
   #sockets = new Set<WebSocket>();
+  #stopped = false;
 
   constructor(options: TransportOptions) {
     this.#options = options;
@@ -53,6 +59,10 @@ export class WebSocketTransport {
     const options = this.#options;
     if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return { status: 426, msg: "Expected a WebSocket upgrade" };
+    }
+    if (this.#stopped) {
+      options.onRejected?.("shutting_down");
+      return { status: 503, msg: "Server is shutting down" };
     }
     const origin = request.headers.get("origin");
     if (origin && options.allowedOrigins.length > 0 && !options.allowedOrigins.includes(origin)) {
@@ -70,6 +80,14 @@ export class WebSocketTransport {
     this.#perIp.set(ip, count + 1);
     this.#run(socket, ip);
     return response;
+  }
+
+  /**
+   * Stops accepting: upgrades are refused (503) and frames on open sockets are
+   * answered 400 FAILED, so nothing new is accepted while in-flight work ends.
+   */
+  stopAccepting(): void {
+    this.#stopped = true;
   }
 
   /** Closes every socket with `code`. */
@@ -93,6 +111,12 @@ export class WebSocketTransport {
       close: (code: number, reason: string) => safeClose(socket, code, reason),
     };
     const session = new ClientSession(deps, port);
+    const limiter = options.rateLimit ? new RateLimiter(options.rateLimit) : undefined;
+    const refuse = (data: string, msg: string) => {
+      const { id, type } = peek(data);
+      port.send(encodeSendStatus(id, session.connection?.userId ?? "", StatusCode.FAILED, msg));
+      deps.events.answered?.(type, StatusCode.FAILED);
+    };
     const timer = setTimeout(() => {
       if (!session.connection) safeClose(socket, 1008, "register timeout");
     }, options.registerTimeoutSeconds * 1000);
@@ -131,6 +155,28 @@ export class WebSocketTransport {
         safeClose(socket, 1009, "frame too large");
         return;
       }
+      if (this.#stopped) {
+        refuse(data, "Server is shutting down: send it again after reconnecting");
+        return;
+      }
+      const verdict = limiter?.take();
+      if (verdict === "limited") {
+        const { perSecond, burst } = options.rateLimit!;
+        options.onRateLimited?.();
+        refuse(
+          data,
+          `Rate limit exceeded: at most ${perSecond} frames per second (burst ${burst})`,
+        );
+        return;
+      }
+      if (verdict === "close") {
+        options.onRejected?.("rate_limit");
+        options.logger.warn("Closing a connection over its rate limit", {
+          user: session.connection?.userId,
+        });
+        safeClose(socket, 1008, "rate limit exceeded");
+        return;
+      }
       try {
         session.receive(data);
       } catch (error) {
@@ -143,6 +189,19 @@ export class WebSocketTransport {
 }
 
 const encoder = new TextEncoder();
+
+/** The id and type of a frame refused before decoding, for its 9001 answer. */
+function peek(text: string): { id: string; type: number } {
+  try {
+    const value = JSON.parse(text);
+    return {
+      id: typeof value?.id === "string" ? value.id : "",
+      type: Number.isInteger(value?.type) ? value.type : 0,
+    };
+  } catch {
+    return { id: "", type: 0 };
+  }
+}
 
 function byteLength(text: string): number {
   return encoder.encode(text).length;
