@@ -19,6 +19,11 @@ import { TokenService } from "./auth/tokens.ts";
 import { UserDirectory } from "./auth/users.ts";
 import { randomId } from "./auth/base64.ts";
 import { StatusCode } from "./protocol/codes.ts";
+// ops (issue 5)
+import { createOps } from "./ops/wiring.ts";
+import type { Metrics } from "./ops/metrics.ts";
+import { addOpsRoutes } from "./http/ops_routes.ts";
+import { Cors } from "./http/cors.ts";
 
 /** A running server. */
 export interface ImServer {
@@ -26,7 +31,12 @@ export interface ImServer {
   readonly url: string;
   /** The bound port (useful with port 0). */
   readonly port: number;
-  /** Stops accepting, closes every connection and the storage. */
+  /** The server's metrics (the plugin runner reports plugin errors and timeouts here). */
+  readonly metrics: Metrics;
+  /**
+   * Graceful stop: refuses new work (`/readyz` answers 503), waits for the
+   * frames in flight, closes every connection with 1001, then the storage.
+   */
   close(): Promise<void>;
 }
 
@@ -65,12 +75,20 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const backends = await openBackends(config, logger);
   const hub = new Hub();
   const instanceId = randomId(6);
+  const ops = createOps(config, {
+    hub,
+    presence: backends.presence,
+    store: backends.store,
+    instanceId,
+    logger,
+  });
   const delivery = new DeliveryService({
     store: backends.store,
     broker: backends.broker,
     hub,
     instanceId,
     logger: logger.child("delivery"),
+    observer: ops.observer,
   });
   await delivery.start();
   const custom = NO_PLUGINS;
@@ -81,8 +99,9 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     hub,
     custom,
     logger: logger.child("session"),
-    events: {},
+    events: ops.events,
     maxRecipients: config.limits.maxRecipients,
+    maxConnectionsPerUser: config.limits.maxConnectionsPerUser,
     nextId: () => ++connectionIds,
   };
   const transport = new WebSocketTransport({
@@ -95,6 +114,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     maxConnectionsPerIp: config.limits.maxConnectionsPerIp,
     maxConnectionsPerUser: config.limits.maxConnectionsPerUser,
     allowedOrigins: config.websocket.allowedOrigins,
+    rateLimit: config.limits.rateLimit,
+    ...ops.transport,
   });
 
   const router = new Router();
@@ -117,8 +138,25 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     delivery,
     custom,
     maxRecipients: config.limits.maxRecipients,
+    presence: backends.presence,
+    logger: logger.child("api"),
+    onRequest: (key, route) => ops.metrics.apiRequests.inc({ key, route }),
   });
   router.add("GET", "/healthz", () => json({ data: "ok" }));
+  let accepting = true;
+  addOpsRoutes(router, {
+    apiKeys,
+    delivery,
+    presence: backends.presence,
+    store: backends.store,
+    metrics: ops.metrics,
+    logger: logger.child("api"),
+    metricsKey: config.server.metricsKey,
+    maxUsers: config.limits.maxRecipients,
+    accepting: () => accepting,
+  });
+  const cors = new Cors(config.server.corsOrigins);
+  const alwaysOpen = new Set(["/healthz", "/readyz", "/metrics"]);
 
   const httpLogger = logger.child("http");
   const ready = Promise.withResolvers<Deno.NetAddr>();
@@ -132,7 +170,15 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     },
   }, (request, info) => {
     const ip = (info.remoteAddr as Deno.NetAddr).hostname;
-    return router.handle(request, ip, httpLogger);
+    const preflight = cors.preflight(request);
+    if (preflight) return preflight;
+    if (!accepting && !alwaysOpen.has(new URL(request.url).pathname)) {
+      return cors.apply(request, jsonError(503, "Server is shutting down"));
+    }
+    const handled = router.handle(request, ip, httpLogger);
+    // A WebSocket upgrade response must be returned as is (Deno refuses a wrapped one).
+    if (!cors.enabled || request.headers.has("upgrade")) return handled;
+    return handled.then((response) => cors.apply(request, response));
   });
   const addr = await ready.promise;
   const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
@@ -143,15 +189,37 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   return {
     url,
     port: addr.port,
+    metrics: ops.metrics,
     close() {
       closing ??= (async () => {
+        accepting = false;
+        transport.stopAccepting();
+        // Frames accepted before the stop get their 200 and their delivery first.
+        const drainMs = config.server.shutdownSeconds * 500;
+        if (!await settlesWithin(delivery.idle(), drainMs)) {
+          logger.warn("Frames still in flight at shutdown: closing anyway", { waitedMs: drainMs });
+        }
+        await new Promise((resolve) => setTimeout(resolve, 0)); // Let the 9001 answers go out.
         transport.closeAll(1001, "going away");
         await httpServer.shutdown();
+        await ops.close();
         await backends.broker.close();
         await backends.sessions.close();
+        await backends.presence.close();
         await backends.store.close();
       })();
       return closing;
     },
   };
+}
+
+/** Whether `work` settles within `ms`. */
+async function settlesWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), ms));
+  try {
+    return await Promise.race([work.then(() => true, () => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
