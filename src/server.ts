@@ -173,12 +173,12 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     const preflight = cors.preflight(request);
     if (preflight) return preflight;
     if (!accepting && !alwaysOpen.has(new URL(request.url).pathname)) {
-      return cors.apply(request, jsonError(503, "Server is shutting down"));
+      return cors.apply(request.headers.get("origin"), jsonError(503, "Server is shutting down"));
     }
+    // Read before routing: after a WebSocket upgrade the request's headers are gone.
+    const origin = cors.enabled ? request.headers.get("origin") : null;
     const handled = router.handle(request, ip, httpLogger);
-    // A WebSocket upgrade response must be returned as is (Deno refuses a wrapped one).
-    if (!cors.enabled || request.headers.has("upgrade")) return handled;
-    return handled.then((response) => cors.apply(request, response));
+    return origin ? handled.then((response) => cors.apply(origin, response)) : handled;
   });
   const addr = await ready.promise;
   const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;

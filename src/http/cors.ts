@@ -44,9 +44,12 @@ export class Cors {
     return response;
   }
 
-  /** Adds the CORS headers to a route's response when the request's origin is allowed. */
-  apply(request: Request, response: Response): Response {
-    const origin = request.headers.get("origin");
+  /**
+   * Adds the CORS headers to a route's response when the request's `origin`
+   * is allowed. Read the origin before routing: after a WebSocket upgrade the
+   * request's headers cannot be read, and the 101 response is left alone.
+   */
+  apply(origin: string | null, response: Response): Response {
     if (!this.enabled || !origin || response.status === 101) return response;
     if (this.#allows(origin)) this.#decorate(response.headers, origin);
     else response.headers.append("vary", "Origin");
