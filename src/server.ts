@@ -200,7 +200,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
           logger.warn("Frames still in flight at shutdown: closing anyway", { waitedMs: drainMs });
         }
         await new Promise((resolve) => setTimeout(resolve, 0)); // Let the 9001 answers go out.
-        transport.closeAll(1001, "going away");
+        // Wait for the close handshakes: the HTTP shutdown would cut them short.
+        await settlesWithin(transport.closeAll(1001, "going away"), 1000);
         await httpServer.shutdown();
         await ops.close();
         await backends.broker.close();

@@ -44,6 +44,8 @@ export class WebSocketTransport {
   #perIp = new Map<string, number>();
   #sockets = new Set<WebSocket>();
   #stopped = false;
+  /** Waiters of {@link closeAll}. */
+  #drained: (() => void)[] = [];
 
   constructor(options: TransportOptions) {
     this.#options = options;
@@ -90,9 +92,13 @@ export class WebSocketTransport {
     this.#stopped = true;
   }
 
-  /** Closes every socket with `code`. */
-  closeAll(code: number, reason: string): void {
+  /** Closes every socket with `code`; resolves once they have all closed. */
+  closeAll(code: number, reason: string): Promise<void> {
     for (const socket of this.#sockets) safeClose(socket, code, reason);
+    if (this.#sockets.size === 0) return Promise.resolve();
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#drained.push(resolve);
+    return promise;
   }
 
   #run(socket: WebSocket, ip: string) {
@@ -126,6 +132,7 @@ export class WebSocketTransport {
       done = true;
       clearTimeout(timer);
       this.#sockets.delete(socket);
+      if (this.#sockets.size === 0) { for (const resolve of this.#drained.splice(0)) resolve(); }
       const left = (this.#perIp.get(ip) ?? 1) - 1;
       if (left <= 0) this.#perIp.delete(ip);
       else this.#perIp.set(ip, left);
