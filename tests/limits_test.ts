@@ -216,3 +216,36 @@ Deno.test("websocket.allowedOrigins: a listed Origin opens, another gets 403", a
   const metrics = await (await fetch(`${srv.url}/metrics`)).text();
   assert(metrics.includes('im_connections_rejected_total{reason="origin"} 2'), metrics);
 });
+
+Deno.test("a refused register logs the sessionId redacted, never in full", async () => {
+  await using srv = await startServer();
+  const client = await TestClient.open(srv.wsUrl);
+  const sessionId = "abcdefghijklmnopqrstuvwxyz012345";
+  const reply = await client.request({
+    id: "reg",
+    type: 1000,
+    isSystem: false,
+    from: "u1",
+    to: "",
+    body: JSON.stringify({ sessionId }),
+  });
+  assertEquals(reply.code, 402);
+  await client.close();
+  assert(srv.logs.some((l) => l.line.includes("abcd…(32)")), "logged redacted");
+  assert(!srv.logs.some((l) => l.line.includes(sessionId)), "never in full");
+});
+
+Deno.test("registers and disconnects are logged with userId and clientName", async () => {
+  await using srv = await startServer();
+  const alice = await srv.connect("alice", "phone");
+  await alice.close();
+  for (let i = 0; i < 50 && !srv.logs.some((l) => l.line.includes("Disconnected")); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  const lines = srv.logs.filter((l) => l.line.includes("[im:conn]")).map((l) => l.line);
+  assert(lines.some((l) => /Registered userId="u1" clientName="phone"/.test(l)), lines.join("\n"));
+  assert(
+    lines.some((l) => /Disconnected userId="u1" clientName="phone"/.test(l)),
+    lines.join("\n"),
+  );
+});

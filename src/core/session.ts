@@ -26,7 +26,7 @@ import {
 import type { Connection, Hub } from "./hub.ts";
 import type { DeliveryService } from "./delivery.ts";
 import type { SessionStore } from "./sessions.ts";
-import type { Logger } from "../log.ts";
+import { type Logger, redact } from "../log.ts";
 
 /** The answer to a frame: a status code and a readable message. */
 export interface Status {
@@ -260,6 +260,9 @@ export class ClientSession {
     const { sessionId } = parseJsonBody(message.body, RegisterBodySchema)!;
     const session = await this.#deps.sessions.redeem(sessionId);
     if (!session) {
+      this.#deps.logger.debug("Register refused: sessionId unknown, expired or used", {
+        sessionId: redact(sessionId),
+      });
       return { code: StatusCode.SESSION_ERROR, msg: "sessionId is unknown, expired or used" };
     }
     if (message.from !== session.userId) {

@@ -177,7 +177,7 @@ export class Metrics {
   );
   readonly connectionsRejected = new Series(
     "im_connections_rejected_total",
-    "Connections refused or closed by a limit, by reason.",
+    "Connections refused (origin, ip_limit, user_limit, shutting_down) or closed by a limit (rate_limit, frame_too_large, slow_consumer, register_timeout), by reason.",
     "counter",
   ).labelled();
   readonly framesIn = new Series(

@@ -109,6 +109,7 @@ export class WebSocketTransport {
       send(text: string) {
         if (socket.readyState !== WebSocket.OPEN) return;
         if (socket.bufferedAmount > options.maxBufferedBytes) {
+          options.onRejected?.("slow_consumer");
           safeClose(socket, 1013, "slow consumer");
           return;
         }
@@ -124,7 +125,9 @@ export class WebSocketTransport {
       deps.events.answered?.(type, StatusCode.FAILED);
     };
     const timer = setTimeout(() => {
-      if (!session.connection) safeClose(socket, 1008, "register timeout");
+      if (session.connection) return;
+      options.onRejected?.("register_timeout");
+      safeClose(socket, 1008, "register timeout");
     }, options.registerTimeoutSeconds * 1000);
     let done = false;
     const finish = () => {
@@ -159,6 +162,7 @@ export class WebSocketTransport {
       }
       // A UTF-16 length of n is at most 3n UTF-8 bytes; measure only when it matters.
       if (data.length * 3 > options.maxFrameBytes && byteLength(data) > options.maxFrameBytes) {
+        options.onRejected?.("frame_too_large");
         safeClose(socket, 1009, "frame too large");
         return;
       }
