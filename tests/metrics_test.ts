@@ -1,6 +1,6 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { startServer, TEST_API_KEY } from "./_helpers.ts";
-import { Metrics } from "../src/ops/metrics.ts";
+import { MAX_TYPE_LABELS, Metrics } from "../src/ops/metrics.ts";
 
 /** One sample of a scrape. */
 interface Sample {
@@ -194,4 +194,12 @@ Deno.test("Metrics: plugin counters, label escaping, and a failing gauge is left
     'we\\"ird\\\\name\\n',
   );
   assert(!scraped.types.has("broken") && !scraped.types.has("slow"));
+});
+
+Deno.test("Metrics: client-chosen frame types cannot grow the label set without bound", () => {
+  const metrics = new Metrics();
+  for (let type = 0; type < 1000; type++) metrics.frameAnswered(type, 403);
+  metrics.frameAnswered(5, 403); // a type seen early keeps its label
+  assertEquals(metrics.framesIn.get({ type: "5", code: "403" }), 2);
+  assertEquals(metrics.framesIn.get({ type: "other", code: "403" }), 1000 - MAX_TYPE_LABELS);
 });

@@ -121,7 +121,7 @@ Deno.test("webhooks report users online, offline after the grace period, and off
       const bobWeb = await srv.connect("bob", "web");
       await until(() => hooks.events().length >= 4, "user.online of bob");
       await bobWeb.close();
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      await new Promise((resolve) => setTimeout(resolve, 1300)); // longer than the grace period
       assertEquals(hooks.events().slice(3).map((e) => [e.type, e.data.userId]), [
         ["user.online", "u2"],
       ]);

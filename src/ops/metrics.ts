@@ -6,6 +6,9 @@
  * @module
  */
 
+/** Distinct frame types given their own label in `im_frames_in_total`. */
+export const MAX_TYPE_LABELS = 64;
+
 /** Label names and values of one series. */
 export type Labels = Record<string, string>;
 
@@ -231,6 +234,7 @@ export class Metrics {
     "gauge",
   ).labelled();
   readonly #gauges: ScrapeGauge[] = [];
+  readonly #types = new Set<string>();
   readonly #readTimeoutMs: number;
   readonly #startTime = Date.now() / 1000;
 
@@ -253,9 +257,18 @@ export class Metrics {
     this.pluginTimeouts.inc({ plugin });
   }
 
-  /** A client frame was answered with `code`. */
+  /**
+   * A client frame was answered with `code`. Clients choose `type`, so only
+   * the first {@link MAX_TYPE_LABELS} distinct types get their own label; the
+   * rest count as `type="other"`.
+   */
   frameAnswered(type: number, code: number): void {
-    this.framesIn.inc({ type: String(type), code: String(code) });
+    let label = String(type);
+    if (!this.#types.has(label)) {
+      if (this.#types.size < MAX_TYPE_LABELS) this.#types.add(label);
+      else label = "other";
+    }
+    this.framesIn.inc({ type: label, code: String(code) });
     this.framesOut.inc({ kind: "status" });
   }
 
