@@ -69,6 +69,31 @@ Deno.test("per-connection rate limit: 400 over the limit, 1008 after sustained a
     assertEquals(await bob.quiet(50), []);
   });
 
+  await t.step("receipts have a larger allowance, so a replay can be acknowledged", async () => {
+    // The frame bucket is empty now; 20 receipts fit in the receipt allowance (30).
+    const ids = Array.from({ length: 20 }, (_, i) => `ack-${i}`);
+    for (const id of ids) {
+      alice.send({
+        id,
+        type: 9101,
+        isSystem: false,
+        from: "u1",
+        to: "u2",
+        body: JSON.stringify({ code: 200, status: "SUCCESS", msg: "received" }),
+      });
+    }
+    for (const id of ids) assertEquals((await alice.reply(id)).code, 407, "checked, not limited");
+    // Texts whose body mentions "type":9101 get no such allowance (10 receipts would be left).
+    const sneaky = Array.from({ length: 5 }, () => alice.nextId());
+    for (const id of sneaky) {
+      alice.send({ id, type: 2001, isSystem: false, from: "u1", to: "u2", body: '{"type":9101}' });
+    }
+    const codes = [];
+    for (const id of sneaky) codes.push((await alice.reply(id)).code);
+    assert(codes.includes(400), JSON.stringify(codes));
+    bob.drain();
+  });
+
   await t.step("a connection that keeps going over the limit is closed with 1008", async () => {
     let closed: CloseEvent | undefined;
     alice.closed.then((event) => closed = event);

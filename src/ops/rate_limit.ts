@@ -56,21 +56,63 @@ export class RateLimiter {
     this.#last = this.#now();
   }
 
-  /** Takes a token for one frame. */
+  /** Takes a token for one frame: {@link tryTake}, then {@link refuse} when there is none. */
   take(): RateVerdict {
+    return this.tryTake() ? "ok" : this.refuse();
+  }
+
+  /** Takes a token if there is one; records nothing when there is none. */
+  tryTake(): boolean {
     const now = this.#now();
-    const { perSecond, burst, closeAfterSeconds } = this.#options;
+    const { perSecond, burst } = this.#options;
     this.#tokens = Math.min(burst, this.#tokens + (now - this.#last) / 1000 * perSecond);
     this.#last = now;
     if (this.#limitedSince !== undefined && now - this.#lastRefusal >= CALM_MS) {
       this.#limitedSince = undefined;
     }
-    if (this.#tokens >= 1) {
-      this.#tokens -= 1;
-      return "ok";
-    }
+    if (this.#tokens < 1) return false;
+    this.#tokens -= 1;
+    return true;
+  }
+
+  /** Records a refused frame; `"close"` once refusals have lasted `closeAfterSeconds`. */
+  refuse(): "limited" | "close" {
+    const now = this.#now();
     this.#limitedSince ??= now;
     this.#lastRefusal = now;
-    return now - this.#limitedSince >= closeAfterSeconds * 1000 ? "close" : "limited";
+    return now - this.#limitedSince >= this.#options.closeAfterSeconds * 1000 ? "close" : "limited";
+  }
+}
+
+/** How much larger the receipt allowance is than the frame limit. */
+export const RECEIPT_ALLOWANCE = 10;
+
+const RECEIPT_TYPE = /"type"\s*:\s*9101(?![\d.eE])/;
+
+/**
+ * The rate limit of one connection. Receipts (9101) that find the bucket
+ * empty draw on a second allowance {@link RECEIPT_ALLOWANCE} times larger, so
+ * a client can acknowledge a replay of many stored messages at once. The frame
+ * is inspected only on that slow path (a cheap pattern on the raw text, which
+ * a body cannot fool: its quotes are escaped).
+ */
+export class ConnectionRateLimit {
+  #frames: RateLimiter;
+  #receipts: RateLimiter;
+
+  constructor(options: RateLimitOptions) {
+    this.#frames = new RateLimiter(options);
+    this.#receipts = new RateLimiter({
+      ...options,
+      perSecond: options.perSecond * RECEIPT_ALLOWANCE,
+      burst: options.burst * RECEIPT_ALLOWANCE,
+    });
+  }
+
+  /** The verdict for one raw frame. */
+  take(text: string): RateVerdict {
+    if (this.#frames.tryTake()) return "ok";
+    if (RECEIPT_TYPE.test(text) && this.#receipts.tryTake()) return "ok";
+    return this.#frames.refuse();
   }
 }

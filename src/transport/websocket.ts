@@ -9,7 +9,7 @@ import { ClientSession, type SessionDeps } from "../core/session.ts";
 import { encodeSendStatus } from "../protocol/frame.ts";
 import { StatusCode } from "../protocol/codes.ts";
 import type { Logger } from "../log.ts";
-import { RateLimiter, type RateLimitOptions } from "../ops/rate_limit.ts";
+import { ConnectionRateLimit, type RateLimitOptions } from "../ops/rate_limit.ts";
 
 /** Options of {@link WebSocketTransport}. */
 export interface TransportOptions {
@@ -118,7 +118,7 @@ export class WebSocketTransport {
       close: (code: number, reason: string) => safeClose(socket, code, reason),
     };
     const session = new ClientSession(deps, port);
-    const limiter = options.rateLimit ? new RateLimiter(options.rateLimit) : undefined;
+    const limiter = options.rateLimit ? new ConnectionRateLimit(options.rateLimit) : undefined;
     const refuse = (data: string, msg: string) => {
       const { id, type } = peek(data);
       port.send(encodeSendStatus(id, session.connection?.userId ?? "", StatusCode.FAILED, msg));
@@ -170,7 +170,7 @@ export class WebSocketTransport {
         refuse(data, "Server is shutting down: send it again after reconnecting");
         return;
       }
-      const verdict = limiter?.take();
+      const verdict = limiter?.take(data);
       if (verdict === "limited") {
         const { perSecond, burst } = options.rateLimit!;
         options.onRateLimited?.();
