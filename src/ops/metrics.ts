@@ -165,7 +165,7 @@ export interface MetricsOptions {
  *
  * @example
  * ```ts
- * import { Metrics } from "./src/ops/metrics.ts";
+ * import { Metrics } from "./metrics.ts";
  * const metrics = new Metrics();
  * metrics.pluginError("echo");
  * const text = await metrics.render();

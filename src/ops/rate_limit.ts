@@ -31,7 +31,7 @@ const CALM_MS = 1000;
  *
  * @example
  * ```ts
- * import { RateLimiter } from "./src/ops/rate_limit.ts";
+ * import { RateLimiter } from "./rate_limit.ts";
  * let now = 0;
  * const limiter = new RateLimiter({ perSecond: 1, burst: 2, closeAfterSeconds: 5, now: () => now });
  * console.assert(limiter.take() === "ok" && limiter.take() === "ok");
