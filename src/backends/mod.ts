@@ -7,17 +7,20 @@ import type { Config } from "../config/schema.ts";
 import type { Broker } from "../core/broker.ts";
 import type { SessionStore } from "../core/sessions.ts";
 import type { MessageStore } from "../core/store.ts";
+import type { Presence } from "../core/presence.ts";
 import type { Logger } from "../log.ts";
 import { MemoryBroker } from "./broker_memory.ts";
 import { MemorySessionStore } from "./sessions_memory.ts";
 import { MemoryStore } from "./store_memory.ts";
 import { openSqliteStore } from "./store_sqlite.ts";
+import { MemoryPresence } from "./presence_memory.ts";
 
 /** The backends of one server instance. */
 export interface Backends {
   store: MessageStore;
   broker: Broker;
   sessions: SessionStore;
+  presence: Presence;
 }
 
 /** Opens the message store `storage.driver` names. */
@@ -37,5 +40,6 @@ export async function openBackends(config: Config, logger: Logger): Promise<Back
     store: await openStore(config, logger),
     broker: new MemoryBroker(),
     sessions: new MemorySessionStore(config.auth.sessionTtlSeconds),
+    presence: new MemoryPresence(),
   };
 }
