@@ -1,0 +1,271 @@
+/**
+ * `deno task bench`: starts each server under test, runs the load generator against it as a
+ * separate process, repeats every cell `--runs` times, and prints one Markdown table of medians
+ * with each target's ratio to the bare Deno relay, then the issue's targets as PASS/FAIL.
+ *
+ * Flags (defaults in brackets): `--quick` (1 run, short phases, 2,000 idle connections),
+ * `--runs N` [3], `--warmup S` [1], `--duration S` [3], `--users N` [200], `--window N` [2],
+ * `--rate N` [10000], `--idle N` [10000], `--only relay,receipts,fanout,open,idle`,
+ * `--targets im-memory,im-sqlite,bare,socketio`, `--out FILE` [.bench-out/bench-<time>.json].
+ *
+ * @module
+ */
+import type { GenOptions, GenResult, Scenario } from "./load_gen.ts";
+import { median } from "./stats.ts";
+import { renderChecks, renderTable, type Row } from "./table.ts";
+import {
+  dialectOf,
+  ensurePeers,
+  type Paths,
+  start,
+  type TargetName,
+  TARGETS,
+  unavailable,
+} from "./targets.ts";
+
+/** One scenario of the matrix. */
+interface Cell {
+  key: string;
+  label: string;
+  scenario: Scenario;
+  receipts: boolean;
+  targets: TargetName[];
+}
+
+/** Settings from the command line. */
+interface Settings {
+  runs: number;
+  warmupMs: number;
+  durationMs: number;
+  users: number;
+  window: number;
+  rate: number;
+  idle: number;
+  only?: string[];
+  targets?: string[];
+  out: string;
+}
+
+function parseArgs(args: string[]): Settings {
+  const quick = args.includes("--quick");
+  const value = (name: string): string | undefined => {
+    const i = args.indexOf(`--${name}`);
+    if (i < 0) return undefined;
+    const v = args[i + 1];
+    if (v === undefined || v.startsWith("--")) throw new Error(`Flag --${name} needs a value`);
+    return v;
+  };
+  const number = (name: string, fallback: number): number => {
+    const v = value(name);
+    if (v === undefined) return fallback;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`Flag --${name} must be a positive number`);
+    return n;
+  };
+  const known = new Set([
+    "--quick",
+    "--runs",
+    "--warmup",
+    "--duration",
+    "--users",
+    "--window",
+    "--rate",
+    "--idle",
+    "--only",
+    "--targets",
+    "--out",
+  ]);
+  for (const arg of args) {
+    if (arg.startsWith("--") && !known.has(arg)) throw new Error(`Unknown flag: ${arg}`);
+  }
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  return {
+    runs: number("runs", quick ? 1 : 3),
+    warmupMs: number("warmup", quick ? 0.5 : 1) * 1000,
+    durationMs: number("duration", quick ? 1.5 : 3) * 1000,
+    users: number("users", 200),
+    window: number("window", 2),
+    rate: number("rate", 10_000),
+    idle: number("idle", quick ? 2000 : 10_000),
+    only: value("only")?.split(","),
+    targets: value("targets")?.split(","),
+    out: value("out") ?? `.bench-out/bench-${stamp}.json`,
+  };
+}
+
+function matrix(s: Settings): Cell[] {
+  const all: Cell[] = [
+    {
+      key: "relay",
+      label: `relay ${s.users} users`,
+      scenario: "relay",
+      receipts: false,
+      targets: ["im-memory", "bare", "socketio"],
+    },
+    {
+      key: "receipts",
+      label: `relay + receipts`,
+      scenario: "relay",
+      receipts: true,
+      targets: ["im-sqlite", "im-memory", "bare", "socketio"],
+    },
+    {
+      key: "fanout",
+      label: "fan-out ×100",
+      scenario: "fanout",
+      receipts: false,
+      targets: ["im-memory", "bare", "socketio"],
+    },
+    {
+      key: "open",
+      label: `open loop ${s.rate / 1000}k/s`,
+      scenario: "open",
+      receipts: false,
+      targets: ["im-memory", "im-sqlite", "bare", "socketio"],
+    },
+    {
+      key: "idle",
+      label: `idle ${s.idle}`,
+      scenario: "idle",
+      receipts: false,
+      targets: ["im-memory", "bare", "socketio"],
+    },
+  ];
+  for (const name of s.only ?? []) {
+    if (!all.some((c) => c.key === name)) throw new Error(`Unknown scenario: ${name}`);
+  }
+  for (const name of s.targets ?? []) {
+    if (!TARGETS.includes(name as TargetName)) throw new Error(`Unknown target: ${name}`);
+  }
+  return all
+    .filter((c) => !s.only || s.only.includes(c.key))
+    .map((c) => ({ ...c, targets: c.targets.filter((t) => !s.targets || s.targets.includes(t)) }))
+    .filter((c) => c.targets.length > 0);
+}
+
+function usersFor(cell: Cell, s: Settings): number {
+  return cell.scenario === "idle" ? s.idle : cell.scenario === "fanout" ? 101 : s.users;
+}
+
+async function runCell(
+  cell: Cell,
+  target: TargetName,
+  s: Settings,
+  paths: Paths,
+): Promise<GenResult> {
+  const users = usersFor(cell, s);
+  const server = await start(target, users, paths);
+  try {
+    const options: GenOptions = {
+      scenario: cell.scenario,
+      dialect: dialectOf(target),
+      origin: server.origin,
+      path: "websocket",
+      serverPid: server.pid,
+      users,
+      window: s.window,
+      receipts: cell.receipts,
+      warmupMs: s.warmupMs,
+      durationMs: s.durationMs,
+      rate: s.rate,
+      concurrency: 64,
+    };
+    const output = await new Deno.Command(paths.deno, {
+      args: ["run", "-A", "bench/load_gen.ts", JSON.stringify(options)],
+      cwd: paths.root,
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(180_000),
+    }).output();
+    const stdout = new TextDecoder().decode(output.stdout).trim();
+    if (!output.success) {
+      throw new Error(
+        `load generator failed (${output.code}): ${new TextDecoder().decode(output.stderr).trim()}`,
+      );
+    }
+    return JSON.parse(stdout.split("\n").pop()!) as GenResult;
+  } finally {
+    await server.stop();
+  }
+}
+
+function medianResult(results: GenResult[]): GenResult {
+  const out = {} as Record<string, number>;
+  for (const key of Object.keys(results[0])) {
+    out[key] = median(results.map((r) => (r as unknown as Record<string, number>)[key]));
+  }
+  return out as unknown as GenResult;
+}
+
+function machine(): string {
+  let cpu = "unknown CPU";
+  try {
+    cpu = Deno.readTextFileSync("/proc/cpuinfo").match(/model name\s*:\s*(.*)/)?.[1] ?? cpu;
+  } catch { /* not Linux */ }
+  return `${navigator.hardwareConcurrency} cores (nproc), ${cpu}, Deno ${Deno.version.deno}`;
+}
+
+if (import.meta.main) {
+  const settings = parseArgs(Deno.args);
+  const root = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+  const paths: Paths = { root, deno: Deno.execPath() };
+  const cells = matrix(settings);
+  if (cells.some((c) => c.targets.includes("socketio"))) await ensurePeers(paths);
+  const results = new Map<string, GenResult[]>();
+  const notes = new Map<string, string>();
+  const began = performance.now();
+  for (let run = 1; run <= settings.runs; run++) {
+    for (const cell of cells) {
+      for (const target of cell.targets) {
+        const id = `${cell.key}/${target}`;
+        const reason = unavailable(target, paths);
+        if (reason) {
+          notes.set(id, reason);
+          continue;
+        }
+        const t0 = performance.now();
+        try {
+          const result = await runCell(cell, target, settings, paths);
+          results.set(id, [...(results.get(id) ?? []), result]);
+          console.error(
+            `run ${run}/${settings.runs} ${cell.label} ${target}: ${
+              ((performance.now() - t0) / 1000).toFixed(1)
+            } s`,
+          );
+        } catch (error) {
+          notes.set(id, (error as Error).message.split("\n")[0]);
+          console.error(`run ${run}/${settings.runs} ${cell.label} ${target}: ${error}`);
+        }
+      }
+    }
+  }
+  const rows: Row[] = cells.flatMap((cell) =>
+    cell.targets.map((target) => {
+      const id = `${cell.key}/${target}`;
+      const list = results.get(id) ?? [];
+      return {
+        label: cell.label,
+        key: cell.key,
+        target,
+        median: list.length ? medianResult(list) : undefined,
+        runs: list.length,
+        note: notes.get(id),
+      };
+    })
+  );
+  const seconds = (performance.now() - began) / 1000;
+  console.log(
+    `\n${new Date().toISOString()} — ${machine()} — median of ${settings.runs} run(s), ` +
+      `warmup ${settings.warmupMs / 1000} s, measured ${settings.durationMs / 1000} s, ` +
+      `window ${settings.window}, total ${seconds.toFixed(0)} s\n`,
+  );
+  console.log(renderTable(rows));
+  console.log(`\n${renderChecks(rows)}`);
+  await Deno.mkdir(`${root}/.bench-out`, { recursive: true });
+  const out = settings.out.startsWith("/") ? settings.out : `${root}/${settings.out}`;
+  await Deno.writeTextFile(
+    out,
+    JSON.stringify({ settings, machine: machine(), results: Object.fromEntries(results) }, null, 2),
+  );
+  console.error(`raw results: ${out}`);
+}
