@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { z } from "zod";
+import type { z } from "zod";
 import YAML from "yaml";
 import { type Config, ConfigSchema } from "./schema.ts";
 
@@ -27,11 +27,12 @@ export async function loadConfig(path: string): Promise<Config> {
 
 /** Parses and validates the YAML text of a config file; `source` names it in errors. */
 export function parseConfigText(text: string, source: string): Config {
-  const doc = YAML.parseDocument(text, { prettyErrors: false });
+  const doc = YAML.parseDocument(text, { prettyErrors: true });
   if (doc.errors.length > 0) {
     const error = doc.errors[0];
     const where = error.linePos ? ` (line ${error.linePos[0].line})` : "";
-    throw new ConfigError(`Invalid config ${source}${where}: ${error.message.split("\n")[0]}`);
+    const reason = error.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "");
+    throw new ConfigError(`Invalid config ${source}${where}: ${reason}`);
   }
   return parseConfig(doc.toJS() ?? {}, source);
 }
@@ -67,8 +68,9 @@ function knownKeys(path: string[]): string[] {
     const def = schema._zod.def as { type: string; shape?: Record<string, z.core.$ZodType> };
     if (segment === "") return def.type === "object" ? Object.keys(def.shape ?? {}) : [];
     if (def.type === "object") schema = def.shape?.[segment];
-    else if (def.type === "array") schema = (def as unknown as { element: z.core.$ZodType }).element;
-    else return [];
+    else if (def.type === "array") {
+      schema = (def as unknown as { element: z.core.$ZodType }).element;
+    } else return [];
   }
   return [];
 }

@@ -5,7 +5,7 @@
  * @module
  */
 import { z } from "zod";
-import { MessageType, statusName, type StatusName, SYSTEM } from "./codes.ts";
+import { MessageType, type StatusName, statusName, SYSTEM } from "./codes.ts";
 
 /** One frame of the wire protocol, as sent and received. */
 export interface Message {

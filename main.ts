@@ -1,0 +1,109 @@
+/**
+ * The command line:
+ *
+ * ```sh
+ * deno task start                      # serve with ./config.yaml
+ * deno run … main.ts --config FILE     # serve with another file
+ * deno task hash-password [PASSWORD]   # print a hash for auth.users[].password
+ * ```
+ *
+ * Environment: `IM_CONFIG` (config path), `IM_HOST` and `IM_PORT` (override
+ * `websocket.url` and `websocket.port`).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { ConfigError, loadConfig } from "./src/config/load.ts";
+import { createServer } from "./src/server.ts";
+import { hashPassword } from "./src/auth/password.ts";
+import { createLogger } from "./src/log.ts";
+
+const USAGE = `Usage:
+  main.ts [--config FILE]        start the server (default ./config.yaml, or $IM_CONFIG)
+  main.ts hash-password [PASS]   print a password hash (reads stdin when PASS is absent)`;
+
+async function readPassword(): Promise<string> {
+  if (Deno.stdin.isTerminal()) {
+    Deno.stdout.writeSync(new TextEncoder().encode("Password: "));
+  }
+  const buffer = new Uint8Array(4096);
+  const n = await Deno.stdin.read(buffer);
+  return new TextDecoder().decode(buffer.subarray(0, n ?? 0)).replace(/\r?\n$/, "");
+}
+
+function env(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined; // Not granted: treat as unset.
+  }
+}
+
+async function main(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (positionals[0] === "hash-password") {
+    const password = positionals[1] ?? await readPassword();
+    if (!password) {
+      console.error("Password is empty");
+      return 2;
+    }
+    console.log(await hashPassword(password));
+    return 0;
+  }
+  if (positionals.length > 0) {
+    console.error(`Unknown command "${positionals[0]}"\n${USAGE}`);
+    return 2;
+  }
+  const path = values.config ?? env("IM_CONFIG") ?? "./config.yaml";
+  let config;
+  try {
+    config = await loadConfig(path);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      console.error(error.message);
+      return 1;
+    }
+    throw error;
+  }
+  const port = env("IM_PORT");
+  if (port !== undefined) {
+    const value = Number(port);
+    if (!Number.isInteger(value) || value < 0 || value > 65535) {
+      console.error(`Invalid IM_PORT "${port}": must be a port number`);
+      return 1;
+    }
+    config.websocket.port = value;
+  }
+  config.websocket.url = env("IM_HOST") ?? config.websocket.url;
+
+  const logger = createLogger(config.log);
+  let server;
+  try {
+    server = await createServer(config, { logger });
+  } catch (error) {
+    console.error(`Cannot start: ${error instanceof Error ? error.message : error}`);
+    return 1;
+  }
+  console.log(`listening on ${server.url}`);
+  const stopped = Promise.withResolvers<void>();
+  const stop = () => {
+    logger.info("Shutting down");
+    server.close().then(() => stopped.resolve());
+  };
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+  await stopped.promise;
+  return 0;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

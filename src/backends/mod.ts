@@ -1,0 +1,37 @@
+/**
+ * The one place that picks backends from the configuration.
+ *
+ * @module
+ */
+import type { Config } from "../config/schema.ts";
+import type { Broker } from "../core/broker.ts";
+import type { SessionStore } from "../core/sessions.ts";
+import type { MessageStore } from "../core/store.ts";
+import type { Logger } from "../log.ts";
+import { MemoryBroker } from "./broker_memory.ts";
+import { MemorySessionStore } from "./sessions_memory.ts";
+import { MemoryStore } from "./store_memory.ts";
+
+/** The backends of one server instance. */
+export interface Backends {
+  store: MessageStore;
+  broker: Broker;
+  sessions: SessionStore;
+}
+
+/** Opens the backends the configuration names. */
+export function openBackends(config: Config, logger: Logger): Promise<Backends> {
+  const store = new MemoryStore({
+    maxPerUser: config.storage.maxPerUser,
+    retentionDays: config.storage.retentionDays,
+    logger: logger.child("store"),
+  });
+  if (config.storage.driver === "sqlite") {
+    logger.warn("storage.driver sqlite is not available yet: using memory");
+  }
+  return Promise.resolve({
+    store,
+    broker: new MemoryBroker(),
+    sessions: new MemorySessionStore(config.auth.sessionTtlSeconds),
+  });
+}

@@ -1,0 +1,59 @@
+/**
+ * The broker carries frames to the connections of users on every instance.
+ * The in-memory broker serves one instance; a Redis broker serves several.
+ *
+ * @module
+ */
+
+/** A frame on its way to the connections of some users. */
+export interface Delivery {
+  /** `sender\0id`: the key of the message, used to skip what a replay already sent. */
+  key: string;
+  /** The frame's JSON text. */
+  text: string;
+  /** Users who get the frame on every connection. */
+  users: string[];
+  /** Also send to this user's connections (the sender's other devices), never marked delivered. */
+  echoTo?: string;
+  /** The connection that sent it, `instance/connId`: it never gets its own frame. */
+  origin?: string;
+  /** Mark the message delivered for the `users` reached (stored messages only). */
+  record: boolean;
+}
+
+/**
+ * Closes connections of a user on every instance: a kick from the business
+ * API, or a newer register of the same (userId, clientName) replacing older ones.
+ */
+export interface Kick {
+  userId: string;
+  /** Only this client; all of the user's connections when absent. */
+  clientName?: string;
+  /** WebSocket close code and reason, e.g. 4001 "replaced". */
+  code: number;
+  reason: string;
+  /** A connection (`instance/connId`) to spare: the one that replaces the others. */
+  except?: string;
+}
+
+/** What an instance does with what the broker carries. */
+export interface BrokerHandler {
+  deliver(delivery: Delivery): void;
+  kick(kick: Kick): void;
+}
+
+/**
+ * Routes deliveries to the instances holding the users' connections.
+ * Guarantees: deliveries published by one instance reach every instance in the
+ * order published; at most once per connection; no storage (a user without a
+ * connection simply gets nothing, the store keeps the message).
+ */
+export interface Broker {
+  /** Hands a delivery to every instance, this one included. */
+  publish(delivery: Delivery): Promise<void>;
+  /** Hands a kick to every instance, this one included. */
+  kick(kick: Kick): Promise<void>;
+  /** Sets what this instance does with deliveries and kicks. */
+  subscribe(handler: BrokerHandler): Promise<void>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,103 @@
+/**
+ * Login routes (section 2) and WebSocket login routes (section 3).
+ *
+ * @module
+ */
+import { z } from "zod";
+import { HttpError, json } from "./errors.ts";
+import { readFields } from "./body.ts";
+import type { Router } from "./router.ts";
+import type { TokenService } from "../auth/tokens.ts";
+import type { UserDirectory } from "../auth/users.ts";
+import type { SessionStore } from "../core/sessions.ts";
+
+/** What the auth routes need. */
+export interface AuthRouteDeps {
+  users: UserDirectory;
+  tokens: TokenService;
+  sessions: SessionStore;
+  cookieName: string;
+  tokenTtlSeconds: number;
+}
+
+const Credentials = z.object({
+  username: z.string().min(1),
+  password: z.string().min(1),
+});
+
+const CLIENT_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+/** The bearer token of `Authorization: Bearer …`, if any. */
+export function bearer(request: Request): string | undefined {
+  const header = request.headers.get("authorization");
+  const match = header?.match(/^Bearer\s+(\S+)$/i);
+  return match?.[1];
+}
+
+function cookie(request: Request, name: string): string | undefined {
+  const header = request.headers.get("cookie");
+  if (!header) return undefined;
+  for (const part of header.split(";")) {
+    const [key, ...rest] = part.trim().split("=");
+    if (key === name) return decodeURIComponent(rest.join("="));
+  }
+  return undefined;
+}
+
+/** Adds the login and WebSocket login routes. */
+export function addAuthRoutes(router: Router, deps: AuthRouteDeps): void {
+  const login = async (request: Request) => {
+    const parsed = Credentials.safeParse(await readFields(request));
+    if (!parsed.success) throw new HttpError(400, "username and password are required");
+    const userId = await deps.users.authenticate(parsed.data.username, parsed.data.password);
+    if (!userId) throw new HttpError(401, "Wrong username or password");
+    return userId;
+  };
+
+  router.add("POST", "/app/login", async (request) => {
+    const userId = await login(request);
+    return json({ data: { token: await deps.tokens.issue(userId), userId } });
+  });
+
+  router.add("POST", "/api/login", async (request) => {
+    const userId = await login(request);
+    const token = await deps.tokens.issue(userId);
+    const secure = new URL(request.url).protocol === "https:" ||
+      request.headers.get("x-forwarded-proto") === "https";
+    const cookieValue = [
+      `${deps.cookieName}=${token}`,
+      "HttpOnly",
+      "Path=/",
+      "SameSite=Lax",
+      `Max-Age=${deps.tokenTtlSeconds}`,
+      ...(secure ? ["Secure"] : []),
+    ].join("; ");
+    return json({ data: { userId } }, 200, { "set-cookie": cookieValue });
+  });
+
+  const wsLogin = (credential: (request: Request) => string | undefined) =>
+  async (
+    request: Request,
+    { params }: { params: Record<string, string | undefined> },
+  ) => {
+    const clientName = params.clientName ?? "";
+    if (!CLIENT_NAME.test(clientName)) {
+      throw new HttpError(400, "clientName must be 1 to 64 characters of A-Z a-z 0-9 _ . -");
+    }
+    const token = credential(request);
+    const userId = token ? await deps.tokens.verify(token) : undefined;
+    if (!userId) throw new HttpError(401, "Log in first: missing or invalid credential");
+    return json({ data: await deps.sessions.issue({ userId, clientName }) });
+  };
+
+  router.add(
+    "GET",
+    "/api/websocket/client/login/:clientName(.*)",
+    wsLogin((request) => cookie(request, deps.cookieName) ?? bearer(request)),
+  );
+  router.add(
+    "GET",
+    "/app/websocket/client/login/:clientName(.*)",
+    wsLogin((request) => request.headers.get("token") ?? bearer(request)),
+  );
+}

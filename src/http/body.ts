@@ -1,0 +1,58 @@
+/**
+ * Request bodies read with a size cap, as JSON or form fields.
+ *
+ * @module
+ */
+import { HttpError } from "./errors.ts";
+
+/** Largest request body accepted by any route. */
+export const MAX_BODY_BYTES = 1024 * 1024;
+
+/** Reads the body as text, refusing more than `max` bytes (413). */
+export async function readText(request: Request, max = MAX_BODY_BYTES): Promise<string> {
+  const declared = Number(request.headers.get("content-length") ?? "0");
+  if (declared > max) throw new HttpError(413, `Body is larger than ${max} bytes`);
+  if (!request.body) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of request.body) {
+    size += chunk.length;
+    if (size > max) throw new HttpError(413, `Body is larger than ${max} bytes`);
+    chunks.push(chunk);
+  }
+  const bytes = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return new TextDecoder().decode(bytes);
+}
+
+/** Reads a JSON body; 400 when it is not JSON. */
+export async function readJson(request: Request): Promise<unknown> {
+  const text = await readText(request);
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new HttpError(400, "Body is not valid JSON");
+  }
+}
+
+/** Reads a JSON object or a form (urlencoded or multipart) as string fields. */
+export async function readFields(request: Request): Promise<Record<string, unknown>> {
+  const type = request.headers.get("content-type") ?? "";
+  if (type.includes("application/x-www-form-urlencoded")) {
+    return Object.fromEntries(new URLSearchParams(await readText(request)));
+  }
+  if (type.includes("multipart/form-data")) {
+    const text = await readText(request);
+    const form = await new Response(text, { headers: { "content-type": type } }).formData();
+    return Object.fromEntries([...form].filter(([, v]) => typeof v === "string"));
+  }
+  const value = await readJson(request);
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new HttpError(400, "Body must be a JSON object");
+  }
+  return value as Record<string, unknown>;
+}

@@ -1,0 +1,159 @@
+/**
+ * The only code that touches Deno's WebSocket API: upgrades a request, adapts
+ * the socket for a {@link ClientSession}, and enforces the per-socket limits
+ * (frame size, register timeout, slow consumers, connections per IP).
+ *
+ * @module
+ */
+import { ClientSession, type SessionDeps } from "../core/session.ts";
+import { encodeSendStatus } from "../protocol/frame.ts";
+import { StatusCode } from "../protocol/codes.ts";
+import type { Logger } from "../log.ts";
+
+/** Options of {@link WebSocketTransport}. */
+export interface TransportOptions {
+  deps: SessionDeps;
+  logger: Logger;
+  maxFrameBytes: number;
+  maxBufferedBytes: number;
+  registerTimeoutSeconds: number;
+  idleTimeoutSeconds: number;
+  maxConnectionsPerIp: number;
+  maxConnectionsPerUser: number;
+  allowedOrigins: string[];
+  /** Called for every connection refused before or at upgrade. */
+  onRejected?(reason: string): void;
+  /** Called when a socket opens or closes. */
+  onOpenChange?(delta: 1 | -1): void;
+}
+
+/** An error answer for a refused upgrade. */
+export interface Refusal {
+  status: number;
+  msg: string;
+}
+
+/** Upgrades requests to WebSockets and runs a session on each. */
+export class WebSocketTransport {
+  #options: TransportOptions;
+  #perIp = new Map<string, number>();
+  #sockets = new Set<WebSocket>();
+
+  constructor(options: TransportOptions) {
+    this.#options = options;
+  }
+
+  /** Number of open sockets. */
+  get size(): number {
+    return this.#sockets.size;
+  }
+
+  /** Upgrades `request`, or returns why it was refused. */
+  upgrade(request: Request, ip: string): Response | Refusal {
+    const options = this.#options;
+    if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+      return { status: 426, msg: "Expected a WebSocket upgrade" };
+    }
+    const origin = request.headers.get("origin");
+    if (origin && options.allowedOrigins.length > 0 && !options.allowedOrigins.includes(origin)) {
+      options.onRejected?.("origin");
+      return { status: 403, msg: `Origin ${origin} is not allowed` };
+    }
+    const count = this.#perIp.get(ip) ?? 0;
+    if (count >= options.maxConnectionsPerIp) {
+      options.onRejected?.("ip_limit");
+      return { status: 429, msg: "Too many connections from this address" };
+    }
+    const { socket, response } = Deno.upgradeWebSocket(request, {
+      idleTimeout: options.idleTimeoutSeconds,
+    });
+    this.#perIp.set(ip, count + 1);
+    this.#run(socket, ip);
+    return response;
+  }
+
+  /** Closes every socket with `code`. */
+  closeAll(code: number, reason: string): void {
+    for (const socket of this.#sockets) safeClose(socket, code, reason);
+  }
+
+  #run(socket: WebSocket, ip: string) {
+    const options = this.#options;
+    const { deps } = options;
+    let open = false;
+    const port = {
+      send(text: string) {
+        if (socket.readyState !== WebSocket.OPEN) return;
+        if (socket.bufferedAmount > options.maxBufferedBytes) {
+          safeClose(socket, 1013, "slow consumer");
+          return;
+        }
+        socket.send(text);
+      },
+      close: (code: number, reason: string) => safeClose(socket, code, reason),
+    };
+    const session = new ClientSession(deps, port);
+    const timer = setTimeout(() => {
+      if (!session.connection) safeClose(socket, 1008, "register timeout");
+    }, options.registerTimeoutSeconds * 1000);
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      this.#sockets.delete(socket);
+      const left = (this.#perIp.get(ip) ?? 1) - 1;
+      if (left <= 0) this.#perIp.delete(ip);
+      else this.#perIp.set(ip, left);
+      if (open) options.onOpenChange?.(-1);
+      session.closed();
+    };
+    socket.onopen = () => {
+      open = true;
+      this.#sockets.add(socket);
+      options.onOpenChange?.(1);
+    };
+    socket.onmessage = (event) => {
+      const data = event.data;
+      if (typeof data !== "string") {
+        port.send(
+          encodeSendStatus(
+            "",
+            session.connection?.userId ?? "",
+            StatusCode.MESSAGE_ERROR,
+            "Frames must be text",
+          ),
+        );
+        return;
+      }
+      // A UTF-16 length of n is at most 3n UTF-8 bytes; measure only when it matters.
+      if (data.length * 3 > options.maxFrameBytes && byteLength(data) > options.maxFrameBytes) {
+        safeClose(socket, 1009, "frame too large");
+        return;
+      }
+      try {
+        session.receive(data);
+      } catch (error) {
+        options.logger.error("Frame handling threw", { error });
+      }
+    };
+    socket.onerror = () => {};
+    socket.onclose = finish;
+  }
+}
+
+const encoder = new TextEncoder();
+
+function byteLength(text: string): number {
+  return encoder.encode(text).length;
+}
+
+function safeClose(socket: WebSocket, code: number, reason: string) {
+  try {
+    if (socket.readyState === WebSocket.OPEN || socket.readyState === WebSocket.CONNECTING) {
+      socket.close(code, reason);
+    }
+  } catch {
+    // Already closing.
+  }
+}

@@ -1,0 +1,261 @@
+/**
+ * Test helpers: a real server on port 0 and real HTTP and WebSocket clients.
+ *
+ * @module
+ */
+import { parseConfig } from "../src/config/load.ts";
+import type { ConfigInput } from "../src/config/schema.ts";
+import { createServer, type ImServer } from "../src/server.ts";
+import { createLogger, type LogLevel } from "../src/log.ts";
+
+/** Users every test server knows: alice/u1, bob/u2, carol/u3. */
+export const TEST_USERS = [
+  { userId: "u1", username: "alice", password: "alice-pw" },
+  { userId: "u2", username: "bob", password: "bob-pw" },
+  { userId: "u3", username: "carol", password: "carol-pw" },
+];
+
+/** An API key for `/server/...` routes in test servers. */
+export const TEST_API_KEY = "test-api-key-0123456789";
+
+/** Log lines a test server wrote, for assertions. */
+export interface LogLine {
+  level: LogLevel;
+  line: string;
+}
+
+/** A running test server. */
+export interface TestServer extends AsyncDisposable {
+  server: ImServer;
+  url: string;
+  wsUrl: string;
+  logs: LogLine[];
+  /** Logs in and opens a registered connection. */
+  connect(username: string, clientName?: string): Promise<TestClient>;
+}
+
+type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };
+
+function merge(base: Record<string, unknown>, patch: Record<string, unknown>) {
+  const out: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(patch)) {
+    const current = out[key];
+    out[key] = value && typeof value === "object" && !Array.isArray(value) && current &&
+        typeof current === "object" && !Array.isArray(current)
+      ? merge(current as Record<string, unknown>, value as Record<string, unknown>)
+      : value;
+  }
+  return out;
+}
+
+/** The config of a test server, with `patch` merged in. */
+export function testConfig(patch: DeepPartial<ConfigInput> = {}) {
+  const base = {
+    websocket: { url: "127.0.0.1", port: 0 },
+    auth: { users: TEST_USERS },
+    storage: { driver: "memory" },
+    server: { apiKey: TEST_API_KEY },
+    plugins: { dir: "./tests/no-plugins" },
+    log: { level: "debug" },
+  };
+  return parseConfig(merge(base, patch as Record<string, unknown>), "test");
+}
+
+/** Starts a server on port 0; dispose it with `await using`. */
+export async function startServer(patch: DeepPartial<ConfigInput> = {}): Promise<TestServer> {
+  const config = testConfig(patch);
+  const logs: LogLine[] = [];
+  const logger = createLogger({
+    level: "debug",
+    write: (level, line) => logs.push({ level, line }),
+  });
+  const server = await createServer(config, { logger });
+  const url = server.url;
+  const wsUrl = `${url.replace("http", "ws")}/${config.websocket.context}`;
+  const clients: TestClient[] = [];
+  return {
+    server,
+    url,
+    wsUrl,
+    logs,
+    async connect(username: string, clientName = "web") {
+      const user = TEST_USERS.find((u) => u.username === username)!;
+      const token = await login(url, username, user.password);
+      const sessionId = await wsSession(url, token, clientName);
+      const client = await TestClient.open(wsUrl);
+      clients.push(client);
+      const reply = await client.request({
+        id: `reg-${crypto.randomUUID()}`,
+        type: 1000,
+        isSystem: false,
+        from: user.userId,
+        to: "",
+        body: JSON.stringify({ sessionId }),
+      });
+      if (reply.code !== 200) throw new Error(`Register failed: ${JSON.stringify(reply)}`);
+      client.userId = user.userId;
+      return client;
+    },
+    async [Symbol.asyncDispose]() {
+      for (const client of clients) await client.close();
+      await server.close();
+    },
+  };
+}
+
+/** POST /app/login; returns the token. */
+export async function login(url: string, username: string, password: string): Promise<string> {
+  const response = await fetch(`${url}/app/login`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ username, password }),
+  });
+  const body = await response.json();
+  if (response.status !== 200) throw new Error(`Login failed: ${JSON.stringify(body)}`);
+  return body.data.token;
+}
+
+/** GET /app/websocket/client/login/{clientName}; returns the sessionId. */
+export async function wsSession(url: string, token: string, clientName: string): Promise<string> {
+  const response = await fetch(`${url}/app/websocket/client/login/${clientName}`, {
+    headers: { token },
+  });
+  const body = await response.json();
+  if (response.status !== 200) throw new Error(`WS login failed: ${JSON.stringify(body)}`);
+  return body.data;
+}
+
+/** A frame as received, parsed. */
+// deno-lint-ignore no-explicit-any
+export type Frame = Record<string, any>;
+
+/** A 9001 reply: the frame plus its decoded status. */
+export interface Reply {
+  frame: Frame;
+  code: number;
+  status: string;
+  msg: string;
+}
+
+/** A raw WebSocket client that queues every frame it receives. */
+export class TestClient {
+  userId = "";
+  #socket: WebSocket;
+  #frames: Frame[] = [];
+  #waiters: (() => void)[] = [];
+  #closed = Promise.withResolvers<CloseEvent>();
+  #seq = 0;
+
+  private constructor(socket: WebSocket) {
+    this.#socket = socket;
+    socket.onmessage = (event) => {
+      this.#frames.push(JSON.parse(event.data));
+      for (const wake of this.#waiters.splice(0)) wake();
+    };
+    socket.onclose = (event) => {
+      this.#closed.resolve(event);
+      for (const wake of this.#waiters.splice(0)) wake();
+    };
+  }
+
+  /** Opens a socket (not registered). */
+  static async open(wsUrl: string): Promise<TestClient> {
+    const socket = new WebSocket(wsUrl);
+    const opened = Promise.withResolvers<void>();
+    socket.onopen = () => opened.resolve();
+    socket.onerror = () => opened.reject(new Error("WebSocket failed to open"));
+    await opened.promise;
+    return new TestClient(socket);
+  }
+
+  /** Resolves with the close event when the server closes the socket. */
+  get closed(): Promise<CloseEvent> {
+    return this.#closed.promise;
+  }
+
+  /** Sends raw text. */
+  sendRaw(text: string): void {
+    this.#socket.send(text);
+  }
+
+  /** Sends a frame object. */
+  send(frame: Frame): void {
+    this.#socket.send(JSON.stringify(frame));
+  }
+
+  /** A fresh message id. */
+  nextId(): string {
+    return `m${++this.#seq}-${crypto.randomUUID().slice(0, 8)}`;
+  }
+
+  /** Sends a frame and waits for the 9001 with its id. */
+  async request(frame: Frame): Promise<Reply> {
+    this.send(frame);
+    return await this.reply(frame.id);
+  }
+
+  /** Waits for the 9001 reply with this id. */
+  async reply(id: string): Promise<Reply> {
+    const frame = await this.next((f) => f.type === 9001 && f.id === id);
+    return { frame, ...JSON.parse(frame.body) };
+  }
+
+  /** Sends a 2001 text frame and waits for its 9001. */
+  text(to: string, body: string, id = this.nextId()): Promise<Reply> {
+    return this.request({ id, type: 2001, isSystem: false, from: this.userId, to, body });
+  }
+
+  /** Sends a 9101 receipt for a received frame and waits for its 9001. */
+  receipt(frame: Frame): Promise<Reply> {
+    return this.request({
+      id: frame.id,
+      type: 9101,
+      isSystem: false,
+      from: this.userId,
+      to: frame.from,
+      body: JSON.stringify({ code: 200, status: "SUCCESS", msg: "received" }),
+    });
+  }
+
+  /** Waits for and removes the first frame matching `match`. */
+  async next(match: (frame: Frame) => boolean = () => true, timeoutMs = 5000): Promise<Frame> {
+    const deadline = Date.now() + timeoutMs;
+    while (true) {
+      const index = this.#frames.findIndex(match);
+      if (index >= 0) return this.#frames.splice(index, 1)[0];
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new Error(
+          `No matching frame in ${timeoutMs} ms; have ${JSON.stringify(this.#frames)}`,
+        );
+      }
+      const woken = Promise.withResolvers<void>();
+      this.#waiters.push(woken.resolve);
+      const timer = setTimeout(woken.resolve, left);
+      await woken.promise;
+      clearTimeout(timer);
+    }
+  }
+
+  /** Waits for the next frame that is not a 9001. */
+  message(timeoutMs?: number): Promise<Frame> {
+    return this.next((f) => f.type !== 9001, timeoutMs);
+  }
+
+  /** Every queued frame (removed from the queue). */
+  drain(): Frame[] {
+    return this.#frames.splice(0);
+  }
+
+  /** Waits `ms` then returns the queued frames that are not 9001 replies. */
+  async quiet(ms = 150): Promise<Frame[]> {
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    return this.#frames.filter((f) => f.type !== 9001);
+  }
+
+  /** Closes the socket and waits for the close. */
+  async close(): Promise<void> {
+    if (this.#socket.readyState === WebSocket.OPEN) this.#socket.close(1000, "bye");
+    if (this.#socket.readyState !== WebSocket.CLOSED) await this.#closed.promise;
+  }
+}

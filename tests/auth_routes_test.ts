@@ -1,0 +1,151 @@
+import { assert, assertEquals } from "./_assert.ts";
+import { login, startServer, TEST_USERS } from "./_helpers.ts";
+import { SignJWT } from "jose";
+
+const post = (url: string, body: unknown, headers: Record<string, string> = {}) =>
+  fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: JSON.stringify(body),
+  });
+
+Deno.test("login routes", async (t) => {
+  const secret = "external-system-secret-0123456789";
+  await using srv = await startServer({ auth: { jwt: { secret } } });
+  const { url } = srv;
+
+  await t.step("POST /app/login answers a token and the userId", async () => {
+    const response = await post(`${url}/app/login`, { username: "alice", password: "alice-pw" });
+    assertEquals(response.status, 200);
+    const body = await response.json();
+    assertEquals(body.data.userId, "u1");
+    assert(typeof body.data.token === "string" && body.data.token.length > 20);
+  });
+
+  await t.step("a wrong password answers 401 with a JSON reason", async () => {
+    const response = await post(`${url}/app/login`, { username: "alice", password: "nope" });
+    assertEquals(response.status, 401);
+    assertEquals(await response.json(), { code: 401, msg: "Wrong username or password" });
+  });
+
+  await t.step("an unknown user answers 401 and a missing field 400", async () => {
+    const unknown = await post(`${url}/app/login`, { username: "zed", password: "x" });
+    assertEquals(unknown.status, 401);
+    await unknown.body?.cancel();
+    const missing = await post(`${url}/app/login`, { username: "alice" });
+    assertEquals(missing.status, 400);
+    assertEquals((await missing.json()).code, 400);
+  });
+
+  await t.step("bad JSON answers 400 as JSON", async () => {
+    const response = await fetch(`${url}/app/login`, { method: "POST", body: "{nope" });
+    assertEquals(response.status, 400);
+    assertEquals(await response.json(), { code: 400, msg: "Body is not valid JSON" });
+  });
+
+  await t.step("POST /api/login takes a form and sets an HttpOnly cookie", async () => {
+    const response = await fetch(`${url}/api/login`, {
+      method: "POST",
+      body: new URLSearchParams({ username: "bob", password: "bob-pw" }),
+    });
+    assertEquals(response.status, 200);
+    assertEquals((await response.json()).data, { userId: "u2" });
+    const cookie = response.headers.get("set-cookie") ?? "";
+    assert(cookie.startsWith("im_session="), cookie);
+    assert(cookie.includes("HttpOnly"), cookie);
+    const session = await fetch(`${url}/api/websocket/client/login/admin-page`, {
+      headers: { cookie: cookie.split(";")[0] },
+    });
+    assertEquals(session.status, 200);
+    assert((await session.json()).data.length >= 22);
+  });
+
+  await t.step("the APP route takes the token header or a Bearer token", async () => {
+    const token = await login(url, "alice", "alice-pw");
+    for (
+      const headers of [{ token }, { authorization: `Bearer ${token}` }] as Record<string, string>[]
+    ) {
+      const response = await fetch(`${url}/app/websocket/client/login/phone`, { headers });
+      assertEquals(response.status, 200);
+      const { data } = await response.json();
+      assert(/^[A-Za-z0-9_-]{43}$/.test(data), `sessionId ${data} carries 256 random bits`);
+    }
+  });
+
+  await t.step("the WebSocket login without or with a bad credential answers 401", async () => {
+    for (
+      const headers of [{}, { token: "garbage" }, { authorization: "Bearer x.y.z" }] as Record<
+        string,
+        string
+      >[]
+    ) {
+      const response = await fetch(`${url}/app/websocket/client/login/phone`, { headers });
+      assertEquals(response.status, 401);
+      assertEquals((await response.json()).code, 401);
+    }
+  });
+
+  await t.step("a bad clientName answers 400", async () => {
+    const token = await login(url, "alice", "alice-pw");
+    for (const name of ["", "a b", "手机", "x".repeat(65), "a%2Fb", "a/b"]) {
+      const response = await fetch(`${url}/app/websocket/client/login/${name}`, {
+        headers: { token },
+      });
+      assertEquals(response.status, 400, `clientName "${name}"`);
+      assertEquals((await response.json()).code, 400);
+    }
+  });
+
+  await t.step("a JWT from another system is accepted; a wrong algorithm is not", async () => {
+    const key = new TextEncoder().encode(secret);
+    const jwt = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("ext-42")
+      .setExpirationTime("1h").sign(key);
+    const ok = await fetch(`${url}/app/websocket/client/login/ext`, { headers: { token: jwt } });
+    assertEquals(ok.status, 200);
+    await ok.body?.cancel();
+    const none = `${btoa('{"alg":"none"}')}.${btoa('{"sub":"u1"}')}.`.replaceAll("=", "");
+    const bad = await fetch(`${url}/app/websocket/client/login/ext`, { headers: { token: none } });
+    assertEquals(bad.status, 401);
+    await bad.body?.cancel();
+    const hs512 = await new SignJWT({}).setProtectedHeader({ alg: "HS512" }).setSubject("u1")
+      .sign(new TextEncoder().encode(secret + secret));
+    const wrong = await fetch(`${url}/app/websocket/client/login/ext`, {
+      headers: { token: hs512 },
+    });
+    assertEquals(wrong.status, 401);
+    await wrong.body?.cancel();
+  });
+
+  await t.step("unknown routes and methods answer JSON errors", async () => {
+    const missing = await fetch(`${url}/nope`);
+    assertEquals(missing.status, 404);
+    assertEquals((await missing.json()).code, 404);
+    const method = await fetch(`${url}/app/login`);
+    assertEquals(method.status, 405);
+    assertEquals((await method.json()).code, 405);
+  });
+  assertEquals(TEST_USERS.length, 3);
+});
+
+Deno.test("plain-text passwords work and are warned about at start-up", async () => {
+  await using srv = await startServer();
+  const warning = srv.logs.find((l) => l.level === "warn" && l.line.includes("plain text"));
+  assert(warning, "a warning names the plain-text users");
+  assert(warning.line.includes("alice"));
+  assert(!warning.line.includes("alice-pw"), "the password itself is never logged");
+});
+
+Deno.test("hashed passwords from hash-password log in", async () => {
+  const { hashPassword } = await import("../src/auth/password.ts");
+  const hash = await hashPassword("s3cret", 1000);
+  await using srv = await startServer({
+    auth: { users: [{ userId: "h1", username: "hana", password: hash }] },
+  });
+  const ok = await post(`${srv.url}/app/login`, { username: "hana", password: "s3cret" });
+  assertEquals(ok.status, 200);
+  await ok.body?.cancel();
+  const bad = await post(`${srv.url}/app/login`, { username: "hana", password: "S3cret" });
+  assertEquals(bad.status, 401);
+  await bad.body?.cancel();
+  assert(!srv.logs.some((l) => l.line.includes("plain text")));
+});

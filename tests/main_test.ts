@@ -1,0 +1,107 @@
+import { assert, assertEquals } from "./_assert.ts";
+import { verifyPassword } from "../src/auth/password.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+function deno(args: string[], env: Record<string, string> = {}, stdin: "piped" | "null" = "null") {
+  return new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: ROOT,
+    env: { NO_COLOR: "1", ...env },
+    stdin,
+    stdout: "piped",
+    stderr: "piped",
+  });
+}
+
+const RUN = [
+  "run",
+  "--allow-net",
+  "--allow-read",
+  "--allow-write",
+  "--allow-env",
+  "main.ts",
+];
+
+async function badConfig(yaml: string) {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/bad.yaml`;
+  await Deno.writeTextFile(path, yaml);
+  const output = await deno([...RUN, "--config", path]).output();
+  await Deno.remove(dir, { recursive: true });
+  return { code: output.code, stderr: new TextDecoder().decode(output.stderr), path };
+}
+
+Deno.test("a bad config stops start-up naming the file, the key path and the reason", async (t) => {
+  await t.step("an unknown key, with a did-you-mean hint", async () => {
+    const { code, stderr, path } = await badConfig("websocket:\n  prot: 9000\n");
+    assertEquals(code, 1);
+    assert(stderr.includes(path), stderr);
+    assert(stderr.includes('websocket.prot: unknown key (did you mean "websocket.port"?)'), stderr);
+  });
+
+  await t.step("a wrong type", async () => {
+    const { code, stderr } = await badConfig("limits:\n  maxRecipients: many\n");
+    assertEquals(code, 1);
+    assert(stderr.includes("limits.maxRecipients"), stderr);
+  });
+
+  await t.step("keys of later features are known already", async () => {
+    const { code, stderr } = await badConfig(
+      "storage:\n  drivr: sqlite\nserver:\n  apiKy: x\nplugins:\n  dri: ./p\n",
+    );
+    assertEquals(code, 1);
+    assert(stderr.includes('did you mean "storage.driver"'), stderr);
+    assert(stderr.includes('did you mean "server.apiKey"'), stderr);
+    assert(stderr.includes('did you mean "plugins.dir"'), stderr);
+  });
+
+  await t.step("YAML that does not parse, and a missing file", async () => {
+    const broken = await badConfig("websocket: [\n");
+    assertEquals(broken.code, 1);
+    assert(broken.stderr.includes("line"), broken.stderr);
+    const missing = await deno([...RUN, "--config", "/nonexistent/x.yaml"]).output();
+    assertEquals(missing.code, 1);
+    assert(
+      new TextDecoder().decode(missing.stderr).includes("/nonexistent/x.yaml: file not found"),
+    );
+  });
+});
+
+Deno.test("main.ts serves config.yaml with IM_PORT, prints its address and stops on SIGTERM", async () => {
+  const child = deno(RUN, { IM_PORT: "0" }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  let match: RegExpMatchArray | null = null;
+  while (!match) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    out += value;
+    match = out.match(/listening on (http:\/\/127\.0\.0\.1:(\d+))/);
+  }
+  assert(match, out);
+  const response = await fetch(`${match[1]}/app/login`, {
+    method: "POST",
+    body: JSON.stringify({ username: "alice", password: "alice-password" }),
+  });
+  assertEquals(response.status, 200);
+  await response.body?.cancel();
+  child.kill("SIGTERM");
+  const status = await child.status;
+  assertEquals(status.code, 0);
+  await reader.cancel();
+  await child.stderr.cancel();
+});
+
+Deno.test("hash-password prints a hash that verifies", async () => {
+  const child = deno(["run", "main.ts", "hash-password"], {}, "piped").spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode("correct horse\n"));
+  await writer.close();
+  const output = await child.output();
+  assertEquals(output.code, 0);
+  const hash = new TextDecoder().decode(output.stdout).trim();
+  assert(hash.startsWith("pbkdf2-sha256$"), hash);
+  assert(await verifyPassword("correct horse", hash));
+  assert(!await verifyPassword("correct horse!", hash));
+});
