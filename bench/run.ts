@@ -4,8 +4,9 @@
  * with each target's ratio to the bare Deno relay, then the issue's targets as PASS/FAIL.
  *
  * Flags (defaults in brackets): `--quick` (1 run, short phases, 2,000 idle connections),
- * `--runs N` [3], `--warmup S` [1], `--duration S` [3], `--users N` [200], `--window N` [2],
- * `--rate N` [10000], `--idle N` [10000], `--only relay,receipts,fanout,open,idle`,
+ * `--runs N` [3], `--warmup S` [1], `--duration S` [2.5], `--users N` [200], `--window N` [2],
+ * `--rate N` [10000], `--idle N` [10000], `--idle-runs N` [1: the idle cells are slow and steady],
+ * `--only relay,receipts,fanout,open,idle`,
  * `--targets im-memory,im-sqlite,bare,socketio`, `--out FILE` [.bench-out/bench-<time>.json].
  *
  * @module
@@ -41,6 +42,7 @@ interface Settings {
   window: number;
   rate: number;
   idle: number;
+  idleRuns: number;
   only?: string[];
   targets?: string[];
   out: string;
@@ -71,6 +73,7 @@ function parseArgs(args: string[]): Settings {
     "--window",
     "--rate",
     "--idle",
+    "--idle-runs",
     "--only",
     "--targets",
     "--out",
@@ -82,11 +85,12 @@ function parseArgs(args: string[]): Settings {
   return {
     runs: number("runs", quick ? 1 : 3),
     warmupMs: number("warmup", quick ? 0.5 : 1) * 1000,
-    durationMs: number("duration", quick ? 1.5 : 3) * 1000,
+    durationMs: number("duration", quick ? 1.5 : 2.5) * 1000,
     users: number("users", 200),
     window: number("window", 2),
     rate: number("rate", 10_000),
     idle: number("idle", quick ? 2000 : 10_000),
+    idleRuns: number("idle-runs", 1),
     only: value("only")?.split(","),
     targets: value("targets")?.split(","),
     out: value("out") ?? `.bench-out/bench-${stamp}.json`,
@@ -152,7 +156,7 @@ async function runCell(
   target: TargetName,
   s: Settings,
   paths: Paths,
-): Promise<GenResult> {
+): Promise<{ result: GenResult; warning?: string }> {
   const users = usersFor(cell, s);
   const server = await start(target, users, paths);
   try {
@@ -183,7 +187,8 @@ async function runCell(
         `load generator failed (${output.code}): ${new TextDecoder().decode(output.stderr).trim()}`,
       );
     }
-    return JSON.parse(stdout.split("\n").pop()!) as GenResult;
+    const result = JSON.parse(stdout.split("\n").pop()!) as GenResult;
+    return { result, warning: server.verify() };
   } finally {
     await server.stop();
   }
@@ -216,6 +221,7 @@ if (import.meta.main) {
   const began = performance.now();
   for (let run = 1; run <= settings.runs; run++) {
     for (const cell of cells) {
+      if (cell.scenario === "idle" && run > Math.min(settings.runs, settings.idleRuns)) continue;
       for (const target of cell.targets) {
         const id = `${cell.key}/${target}`;
         const reason = unavailable(target, paths);
@@ -225,8 +231,9 @@ if (import.meta.main) {
         }
         const t0 = performance.now();
         try {
-          const result = await runCell(cell, target, settings, paths);
+          const { result, warning } = await runCell(cell, target, settings, paths);
           results.set(id, [...(results.get(id) ?? []), result]);
+          if (warning) notes.set(id, warning);
           console.error(
             `run ${run}/${settings.runs} ${cell.label} ${target}: ${
               ((performance.now() - t0) / 1000).toFixed(1)
@@ -256,6 +263,7 @@ if (import.meta.main) {
   const seconds = (performance.now() - began) / 1000;
   console.log(
     `\n${new Date().toISOString()} — ${machine()} — median of ${settings.runs} run(s), ` +
+      `idle cells ${Math.min(settings.runs, settings.idleRuns)} run(s), ` +
       `warmup ${settings.warmupMs / 1000} s, measured ${settings.durationMs / 1000} s, ` +
       `window ${settings.window}, total ${seconds.toFixed(0)} s\n`,
   );

@@ -55,11 +55,13 @@ function details(row: Row): string {
   if (!m) return row.note ?? "";
   if (row.key === "idle") {
     const login = Number.isFinite(m.loginRate) ? `, HTTP login ${num(m.loginRate)}/s` : "";
-    return `connect+register ${num(m.connectRate)}/s${login}`;
+    const note = row.note ? `, **${row.note}**` : "";
+    return `connect+register ${num(m.connectRate)}/s${login}${note}`;
   }
   const parts = [`sent ${num(m.sent)}/s`];
   if (m.receipts > 0) parts.push(`receipts back ${num(m.receipts)}/s`);
   if (m.errors > 0) parts.push(`**${num(m.errors)} non-200**`);
+  if (row.note) parts.push(`**${row.note}**`);
   return parts.join(", ");
 }
 
@@ -90,6 +92,7 @@ export function renderTable(rows: Row[]): string {
 export function renderChecks(rows: Row[]): string {
   const get = (key: string, target: TargetName) =>
     rows.find((r) => r.key === key && r.target === target)?.median;
+  const invalid = rows.filter((r) => r.median && r.note).map((r) => `${r.label}/${r.target}`);
   const lines: string[] = [];
   const check = (what: string, value: number, limit: number, higherIsBetter: boolean) => {
     const verdict = !Number.isFinite(value)
@@ -122,5 +125,8 @@ export function renderChecks(rows: Row[]): string {
     1.15,
     false,
   );
+  if (invalid.length) {
+    lines.push(`- WARNING: these cells carry a note, read it: ${invalid.join(", ")}`);
+  }
   return lines.join("\n");
 }

@@ -21,6 +21,8 @@ export interface Running {
   pid: number;
   /** Stops the server and removes its temporary files. */
   stop(): Promise<void>;
+  /** A warning when the server did not run as configured (e.g. no SQLite file was written). */
+  verify(): string | undefined;
 }
 
 /** Where things are. */
@@ -168,7 +170,14 @@ export async function start(target: TargetName, users: number, paths: Paths): Pr
   };
   try {
     const origin = await Promise.race([listening, failed]);
-    return { origin, pid: child.pid, stop };
+    const verify = () => {
+      if (target !== "im-sqlite") return undefined;
+      try {
+        if ([...Deno.readDirSync(`${dir}/data`)].length > 0) return undefined;
+      } catch { /* no directory */ }
+      return "no SQLite file was written: the server ran without durable storage";
+    };
+    return { origin, pid: child.pid, stop, verify };
   } catch (error) {
     await stop();
     throw new Error(
