@@ -6,10 +6,10 @@
  */
 import type { Config } from "./config/schema.ts";
 import { createLogger, type Logger } from "./log.ts";
-import { openBackends } from "./backends/mod.ts";
+import { type Backends, openBackends } from "./backends/mod.ts";
 import { Hub } from "./core/hub.ts";
 import { DeliveryService } from "./core/delivery.ts";
-import type { CustomTypes, SessionDeps } from "./core/session.ts";
+import type { SessionDeps, SessionEvents } from "./core/session.ts";
 import { WebSocketTransport } from "./transport/websocket.ts";
 import { Router } from "./http/router.ts";
 import { json, jsonError } from "./http/errors.ts";
@@ -18,7 +18,9 @@ import { addServerRoutes } from "./http/server_routes.ts";
 import { TokenService } from "./auth/tokens.ts";
 import { UserDirectory } from "./auth/users.ts";
 import { randomId } from "./auth/base64.ts";
-import { StatusCode } from "./protocol/codes.ts";
+import { type LoadedPlugin, loadPlugins } from "./plugins/loader.ts";
+import { PluginRegistry } from "./plugins/registry.ts";
+import { consoleHandler } from "./console/serve.ts";
 
 /** A running server. */
 export interface ImServer {
@@ -36,10 +38,16 @@ export interface ServerOptions {
   logger?: Logger;
 }
 
-const NO_PLUGINS: CustomTypes = {
-  has: () => false,
-  handle: () => Promise.resolve({ code: StatusCode.TYPE_ERROR }),
-};
+/** The plugins directory as a URL: relative paths are taken from the working directory,
+ * or, in a compiled binary, from the embedded files. */
+function pluginsUrl(dir: string): URL {
+  const withSlash = dir.endsWith("/") ? dir : `${dir}/`;
+  if (withSlash.startsWith("/")) return new URL(`file://${withSlash}`);
+  const base = Deno.build.standalone
+    ? new URL("../", import.meta.url)
+    : new URL(`file://${Deno.cwd()}/`);
+  return new URL(withSlash, base);
+}
 
 /** Starts a server with a validated configuration. */
 export async function createServer(config: Config, options: ServerOptions = {}): Promise<ImServer> {
@@ -62,7 +70,28 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     ttlSeconds: config.auth.tokenTtlSeconds,
     jwt: config.auth.jwt,
   });
+  const loaded = await loadPlugins(pluginsUrl(config.plugins.dir), {
+    optional: config.plugins.dir === "./plugins",
+  });
   const backends = await openBackends(config, logger);
+  try {
+    return await start(config, logger, tokens, users, loaded, backends);
+  } catch (error) {
+    await backends.broker.close();
+    await backends.sessions.close();
+    await backends.store.close();
+    throw error;
+  }
+}
+
+async function start(
+  config: Config,
+  logger: Logger,
+  tokens: TokenService,
+  users: UserDirectory,
+  loaded: LoadedPlugin[],
+  backends: Backends,
+): Promise<ImServer> {
   const hub = new Hub();
   const instanceId = randomId(6);
   const delivery = new DeliveryService({
@@ -73,7 +102,18 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     logger: logger.child("delivery"),
   });
   await delivery.start();
-  const custom = NO_PLUGINS;
+  const plugins = await PluginRegistry.create(loaded, {
+    delivery,
+    isOnline: (userId) => Promise.resolve(hub.isOnline(userId)),
+    logger,
+    timeoutMs: config.plugins.timeoutMs,
+    config: config.plugins.config,
+  });
+  const custom = plugins;
+  const events: SessionEvents = {
+    registered: (conn) => plugins.clientRegistered(conn),
+    disconnected: (conn) => plugins.clientDisconnected(conn),
+  };
   let connectionIds = 0;
   const deps: SessionDeps = {
     delivery,
@@ -81,7 +121,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     hub,
     custom,
     logger: logger.child("session"),
-    events: {},
+    events,
     maxRecipients: config.limits.maxRecipients,
     nextId: () => ++connectionIds,
   };
@@ -119,6 +159,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     maxRecipients: config.limits.maxRecipients,
   });
   router.add("GET", "/healthz", () => json({ data: "ok" }));
+  if (config.server.console) router.fallback(consoleHandler());
 
   const httpLogger = logger.child("http");
   const ready = Promise.withResolvers<Deno.NetAddr>();
@@ -147,6 +188,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       closing ??= (async () => {
         transport.closeAll(1001, "going away");
         await httpServer.shutdown();
+        await plugins.close();
         await backends.broker.close();
         await backends.sessions.close();
         await backends.store.close();

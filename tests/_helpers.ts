@@ -55,7 +55,7 @@ export function testConfig(patch: DeepPartial<ConfigInput> = {}) {
     auth: { users: TEST_USERS },
     storage: { driver: "memory" },
     server: { apiKey: TEST_API_KEY },
-    plugins: { dir: "./tests/no-plugins" },
+    plugins: { dir: "./tests/fixtures/empty" },
     log: { level: "debug" },
   };
   return parseConfig(merge(base, patch as Record<string, unknown>), "test");
