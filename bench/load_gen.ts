@@ -39,6 +39,10 @@ export interface GenOptions {
   rate: number;
   /** Connections opened at once while connecting. */
   concurrency: number;
+  /** Index of this generator's first user (u<offset+1>), when several generators share a cell. */
+  offset: number;
+  /** Number of this generator among those of the cell (keeps message ids apart). */
+  gen: number;
 }
 
 /** What the generator measured. Rates are per second over the measured window. */
@@ -102,6 +106,17 @@ function emptyResult(): GenResult {
 
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * Tells `run.ts` that every user is registered (a `{"ready":true}` line) and waits for a line on
+ * standard input, so that several generators of one cell start their load together.
+ */
+async function barrier(): Promise<void> {
+  console.log(JSON.stringify({ ready: true }));
+  const reader = Deno.stdin.readable.getReader();
+  await reader.read();
+  reader.releaseLock();
+}
+
 /** Logs in (our server only) and registers `count` users; returns the connections. */
 async function connectAll(
   options: GenOptions,
@@ -113,11 +128,11 @@ async function connectAll(
   const t0 = performance.now();
   if (dialect === "im") {
     await pool(count, Math.min(concurrency, 32), async (i) => {
-      credentials[i] = await loginIm(origin, i);
+      credentials[i] = await loginIm(origin, options.offset + i);
     });
   }
   const t1 = performance.now();
-  const conns = Array.from({ length: count }, (_, i) => new Conn(i, dialect));
+  const conns = Array.from({ length: count }, (_, i) => new Conn(options.offset + i, dialect));
   await pool(count, concurrency, (i) => conns[i].open(origin, path, credentials[i]));
   if (timing) {
     timing.loginMs = t1 - t0;
@@ -142,7 +157,8 @@ async function runTraffic(options: GenOptions): Promise<GenResult> {
   const sendTime = new Float64Array(MASK + 1);
   const senderOf = new Int32Array(MASK + 1);
   const latency = new LatencyRecorder();
-  let seq = 0;
+  let seq = options.gen * 100_000_000;
+  const offset = options.offset;
   let running = true;
   let measuring = false;
   let delivered = 0, replies = 0, receiptsIn = 0, errors = 0, sentInWindow = 0;
@@ -173,12 +189,13 @@ async function runTraffic(options: GenOptions): Promise<GenResult> {
         delivered++;
         latency.add(performance.now() - sendTime[slot]);
       }
-      if (receipts) conn.sendReceipt(frame.seq, conns[senderOf[slot]].userId);
+      if (receipts) conn.sendReceipt(frame.seq, conns[senderOf[slot] - offset].userId);
     } else if (frame.type === 9101) {
       if (measuring) receiptsIn++;
     }
   };
   for (const conn of conns) conn.onFrame(onFrame);
+  await barrier();
 
   let timer: ReturnType<typeof setInterval> | undefined;
   const start = performance.now();

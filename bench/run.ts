@@ -6,12 +6,14 @@
  * Flags (defaults in brackets): `--quick` (1 run, short phases, 2,000 idle connections),
  * `--runs N` [3], `--warmup S` [1], `--duration S` [2.5], `--users N` [200], `--window N` [2],
  * `--rate N` [10000], `--idle N` [10000], `--idle-runs N` [1: the idle cells are slow and steady],
+ * `--gens N` [1: generator processes for the relay, receipts and open-loop cells],
  * `--only relay,receipts,fanout,open,idle`,
  * `--targets im-memory,im-sqlite,bare,socketio`, `--out FILE` [.bench-out/bench-<time>.json].
  *
  * @module
  */
 import type { GenOptions, GenResult, Scenario } from "./load_gen.ts";
+import { runGenerators } from "./generators.ts";
 import { median } from "./stats.ts";
 import { renderChecks, renderTable, type Row } from "./table.ts";
 import {
@@ -43,6 +45,7 @@ interface Settings {
   rate: number;
   idle: number;
   idleRuns: number;
+  gens: number;
   only?: string[];
   targets?: string[];
   out: string;
@@ -74,6 +77,7 @@ function parseArgs(args: string[]): Settings {
     "--rate",
     "--idle",
     "--idle-runs",
+    "--gens",
     "--only",
     "--targets",
     "--out",
@@ -91,6 +95,7 @@ function parseArgs(args: string[]): Settings {
     rate: number("rate", 10_000),
     idle: number("idle", quick ? 2000 : 10_000),
     idleRuns: number("idle-runs", 1),
+    gens: number("gens", 1),
     only: value("only")?.split(","),
     targets: value("targets")?.split(","),
     out: value("out") ?? `.bench-out/bench-${stamp}.json`,
@@ -173,21 +178,11 @@ async function runCell(
       durationMs: s.durationMs,
       rate: s.rate,
       concurrency: 64,
+      offset: 0,
+      gen: 0,
     };
-    const output = await new Deno.Command(paths.deno, {
-      args: ["run", "-A", "bench/load_gen.ts", JSON.stringify(options)],
-      cwd: paths.root,
-      stdout: "piped",
-      stderr: "piped",
-      signal: AbortSignal.timeout(180_000),
-    }).output();
-    const stdout = new TextDecoder().decode(output.stdout).trim();
-    if (!output.success) {
-      throw new Error(
-        `load generator failed (${output.code}): ${new TextDecoder().decode(output.stderr).trim()}`,
-      );
-    }
-    const result = JSON.parse(stdout.split("\n").pop()!) as GenResult;
+    const gens = cell.scenario === "relay" || cell.scenario === "open" ? s.gens : 1;
+    const result = await runGenerators(options, gens, paths);
     return { result, warning: server.verify() };
   } finally {
     await server.stop();
@@ -265,7 +260,9 @@ if (import.meta.main) {
     `\n${new Date().toISOString()} — ${machine()} — median of ${settings.runs} run(s), ` +
       `idle cells ${Math.min(settings.runs, settings.idleRuns)} run(s), ` +
       `warmup ${settings.warmupMs / 1000} s, measured ${settings.durationMs / 1000} s, ` +
-      `window ${settings.window}, total ${seconds.toFixed(0)} s\n`,
+      `window ${settings.window}, ${settings.gens} generator process(es), total ${
+        seconds.toFixed(0)
+      } s\n`,
   );
   console.log(renderTable(rows));
   console.log(`\n${renderChecks(rows)}`);
