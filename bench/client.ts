@@ -163,8 +163,15 @@ export class Conn {
   }
 }
 
-/** Reads a non-negative decimal integer starting at `from`; -1 when there is none. */
-function digits(text: string, from: number): number {
+/**
+ * Reads a non-negative decimal integer starting at `from`; -1 when there is none.
+ *
+ * @example
+ * ```ts
+ * digits("43017[{}]", 2); // 17
+ * ```
+ */
+export function digits(text: string, from: number): number {
   let value = 0;
   let i = from;
   for (; i < text.length; i++) {
