@@ -180,12 +180,19 @@ async function start(
   const url = `http://${host}:${addr.port}`;
   logger.info(`listening on ${url}`, { websocket: `ws://${host}:${addr.port}${wsPath}` });
 
+  const sweeper = setInterval(() => {
+    backends.store.sweep(Date.now()).catch((error) =>
+      logger.error("Retention sweep failed", { error })
+    );
+  }, config.storage.sweepIntervalMs);
+
   let closing: Promise<void> | undefined;
   return {
     url,
     port: addr.port,
     close() {
       closing ??= (async () => {
+        clearInterval(sweeper);
         transport.closeAll(1001, "going away");
         await httpServer.shutdown();
         await plugins.close();

@@ -173,12 +173,21 @@ export class MemoryStore implements MessageStore {
   sweep(now: number): Promise<number> {
     const cutoff = now - this.#retentionMs;
     let dropped = 0;
+    let unacknowledged = 0;
     for (const [key, record] of this.#messages) {
       if (record.acceptedAt >= cutoff) break;
-      for (const user of [...record.states.keys()]) this.#forget(user, key, record);
+      for (const [user, state] of [...record.states]) {
+        if (state !== "acknowledged") unacknowledged++;
+        this.#forget(user, key, record);
+      }
       dropped++;
     }
-    if (dropped > 0) this.#logger?.info("Retention sweep dropped old messages", { dropped });
+    if (dropped > 0) {
+      const fields = { dropped, unacknowledged, retentionDays: this.#retentionMs / 86_400_000 };
+      if (unacknowledged > 0) {
+        this.#logger?.warn("Retention sweep dropped unacknowledged messages", fields);
+      } else this.#logger?.info("Retention sweep dropped old messages", fields);
+    }
     return Promise.resolve(dropped);
   }
 
