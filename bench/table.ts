@@ -59,6 +59,7 @@ function details(row: Row): string {
     return `connect+register ${num(m.connectRate)}/s${login}${note}`;
   }
   const parts = [`sent ${num(m.sent)}/s`];
+  if (row.key === "open") parts.push(`delivered ${num(m.delivered)}/s`);
   if (m.receipts > 0) parts.push(`receipts back ${num(m.receipts)}/s`);
   if (m.errors > 0) parts.push(`**${num(m.errors)} non-200**`);
   if (row.note) parts.push(`**${row.note}**`);
