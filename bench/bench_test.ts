@@ -18,6 +18,7 @@ function result(overrides: Partial<GenResult>): GenResult {
     p99: 5,
     max: 9,
     serverCpu: 50,
+    perCpuSecond: 2000,
     genCpu: 30,
     otherCpu: 10,
     serverPeakRss: 1 << 20,

@@ -101,6 +101,7 @@ export function merge(results: GenResult[]): GenResult {
     p99: max("p99"),
     max: max("max"),
     serverCpu: max("serverCpu"),
+    perCpuSecond: sum("delivered") / (max("serverCpu") / 100),
     genCpu,
     // Each generator counted the others as "other": take theirs off again.
     otherCpu: Math.min(...results.map((r) => r.otherCpu - (genCpu - r.genCpu))),

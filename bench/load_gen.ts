@@ -65,6 +65,11 @@ export interface GenResult {
   max: number;
   /** Server CPU over the measured window, % of one core. */
   serverCpu: number;
+  /**
+   * Delivered frames per second of server CPU time: the server's efficiency, much steadier than
+   * the rate when other processes share the machine.
+   */
+  perCpuSecond: number;
   /** Generator CPU over the measured window, % of one core. */
   genCpu: number;
   /** CPU used by every other process on the machine over the window, % of one core. */
@@ -94,6 +99,7 @@ function emptyResult(): GenResult {
     p99: NaN,
     max: NaN,
     serverCpu: NaN,
+    perCpuSecond: NaN,
     genCpu: NaN,
     otherCpu: NaN,
     serverPeakRss: NaN,
@@ -233,6 +239,7 @@ async function runTraffic(options: GenOptions): Promise<GenResult> {
   const mem = memory(options.serverPid);
   Object.assign(result, latency.summary(), {
     delivered: delivered / seconds,
+    perCpuSecond: delivered / seconds / (result.serverCpu / 100),
     replies: replies / seconds,
     receipts: receiptsIn / seconds,
     sent: sentInWindow / seconds,

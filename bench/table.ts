@@ -69,8 +69,8 @@ function details(row: Row): string {
 /** Renders rows as a Markdown table; ratios are against the bare relay in the same scenario. */
 export function renderTable(rows: Row[]): string {
   const out = [
-    "| scenario | target | figure | × bare | 9001/s | p50 ms | p99 ms | max ms | srv peak RSS MiB | srv CPU % | gen CPU % | other CPU % | runs | notes |",
-    "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    "| scenario | target | figure | × bare | deliv/CPU-s | × bare (CPU) | 9001/s | p50 ms | p99 ms | max ms | srv peak RSS MiB | srv CPU % | gen CPU % | other CPU % | runs | notes |",
+    "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
   ];
   for (const row of rows) {
     const m = row.median;
@@ -78,12 +78,17 @@ export function renderTable(rows: Row[]): string {
     const h = headline(row);
     const b = bare ? headline(bare).value : NaN;
     const ratio = row.target === "bare" ? "1.00" : num(h.value / b, 2);
+    const cpuRatio = row.target === "bare"
+      ? (m && row.key !== "idle" ? "1.00" : "–")
+      : num((m?.perCpuSecond ?? NaN) / (bare?.median?.perCpuSecond ?? NaN), 2);
     out.push(
-      `| ${row.label} | ${row.target} | ${h.text} | ${ratio} | ${num(m?.replies)} | ${
-        num(m?.p50, 2)
-      } | ${num(m?.p99, 2)} | ${num(m?.max, 1)} | ${num((m?.serverPeakRss ?? NaN) / MIB)} | ${
-        num(m?.serverCpu)
-      } | ${num(m?.genCpu)} | ${num(m?.otherCpu)} | ${row.runs} | ${details(row)} |`,
+      `| ${row.label} | ${row.target} | ${h.text} | ${ratio} | ${
+        num(m?.perCpuSecond)
+      } | ${cpuRatio} | ${num(m?.replies)} | ${num(m?.p50, 2)} | ${num(m?.p99, 2)} | ${
+        num(m?.max, 1)
+      } | ${num((m?.serverPeakRss ?? NaN) / MIB)} | ${num(m?.serverCpu)} | ${num(m?.genCpu)} | ${
+        num(m?.otherCpu)
+      } | ${row.runs} | ${details(row)} |`,
     );
   }
   return out.join("\n");
@@ -112,9 +117,22 @@ export function renderChecks(rows: Row[]): string {
     true,
   );
   check(
+    "relay, memory storage ÷ bare relay, per server CPU-second (steadier on a busy machine)",
+    (get("relay", "im-memory")?.perCpuSecond ?? NaN) / (get("relay", "bare")?.perCpuSecond ?? NaN),
+    0.8,
+    true,
+  );
+  check(
     "relay with receipts, sqlite ÷ memory (delivered/s)",
     (get("receipts", "im-sqlite")?.delivered ?? NaN) /
       (get("receipts", "im-memory")?.delivered ?? NaN),
+    0.5,
+    true,
+  );
+  check(
+    "relay with receipts, sqlite ÷ memory, per server CPU-second",
+    (get("receipts", "im-sqlite")?.perCpuSecond ?? NaN) /
+      (get("receipts", "im-memory")?.perCpuSecond ?? NaN),
     0.5,
     true,
   );
