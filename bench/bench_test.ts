@@ -26,6 +26,7 @@ function result(overrides: Partial<GenResult>): GenResult {
     connectRate: NaN,
     loginRate: NaN,
     bytesPerConn: NaN,
+    bytesPerConnAvg: NaN,
     ...overrides,
   };
 }

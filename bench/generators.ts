@@ -110,5 +110,6 @@ export function merge(results: GenResult[]): GenResult {
     connectRate: sum("connectRate"),
     loginRate: sum("loginRate"),
     bytesPerConn: results[0].bytesPerConn,
+    bytesPerConnAvg: results[0].bytesPerConnAvg,
   };
 }

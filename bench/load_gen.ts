@@ -82,8 +82,10 @@ export interface GenResult {
   connectRate: number;
   /** Idle (our server): HTTP login + session per second. */
   loginRate: number;
-  /** Idle: server RSS growth per registered connection, bytes. */
+  /** Idle: server RSS growth per connection over the second half of the connections, bytes. */
   bytesPerConn: number;
+  /** Idle: server RSS growth per connection over all of them (from before the first), bytes. */
+  bytesPerConnAvg: number;
 }
 
 const MASK = (1 << 20) - 1;
@@ -107,6 +109,7 @@ function emptyResult(): GenResult {
     connectRate: NaN,
     loginRate: NaN,
     bytesPerConn: NaN,
+    bytesPerConnAvg: NaN,
   };
 }
 
@@ -253,25 +256,37 @@ async function runTraffic(options: GenOptions): Promise<GenResult> {
 
 /** Idle: many registered connections that send nothing; memory per connection. */
 async function runIdle(options: GenOptions): Promise<GenResult> {
+  const settle = Math.max(1000, options.warmupMs);
   const before = memory(options.serverPid).rss;
-  const timing = { loginMs: 0, connectMs: 0 };
   const serverCpu = new CpuMeter(options.serverPid);
   const genCpu = new CpuMeter("self");
   serverCpu.start();
   genCpu.start();
   const busy0 = machineBusySeconds();
   const t0 = performance.now();
-  const conns = await connectAll(options, options.users, timing);
+  // Two halves: the RSS growth of the second half is the marginal cost of a connection, free of
+  // the fixed growth (heap sizing, first allocations) that the first connections pay for.
+  const half = Math.floor(options.users / 2);
+  const first = { loginMs: 0, connectMs: 0 };
+  const second = { loginMs: 0, connectMs: 0 };
+  const conns = await connectAll(options, half, first);
+  const cpuTime = performance.now() - t0;
   const result = emptyResult();
   result.serverCpu = serverCpu.stop();
   result.genCpu = genCpu.stop();
-  result.otherCpu = ((machineBusySeconds() - busy0) / ((performance.now() - t0) / 1000)) * 100 -
+  result.otherCpu = ((machineBusySeconds() - busy0) / (cpuTime / 1000)) * 100 -
     result.serverCpu - result.genCpu;
-  await delay(Math.max(1000, options.warmupMs));
+  await delay(settle);
+  const middle = memory(options.serverPid).rss;
+  const rest = options.users - half;
+  conns.push(...await connectAll({ ...options, offset: options.offset + half }, rest, second));
+  await delay(settle);
   const mem = memory(options.serverPid);
-  result.connectRate = conns.length / (timing.connectMs / 1000);
-  result.loginRate = options.dialect === "im" ? conns.length / (timing.loginMs / 1000) : NaN;
-  result.bytesPerConn = (mem.rss - before) / conns.length;
+  const n = conns.length;
+  result.connectRate = n / ((first.connectMs + second.connectMs) / 1000);
+  result.loginRate = options.dialect === "im" ? n / ((first.loginMs + second.loginMs) / 1000) : NaN;
+  result.bytesPerConn = (mem.rss - middle) / rest;
+  result.bytesPerConnAvg = (mem.rss - before) / n;
   result.serverRss = mem.rss;
   result.serverPeakRss = mem.peak;
   for (const conn of conns) conn.close();

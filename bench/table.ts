@@ -56,7 +56,9 @@ function details(row: Row): string {
   if (row.key === "idle") {
     const login = Number.isFinite(m.loginRate) ? `, HTTP login ${num(m.loginRate)}/s` : "";
     const note = row.note ? `, **${row.note}**` : "";
-    return `connect+register ${num(m.connectRate)}/s${login}${note}`;
+    return `connect+register ${num(m.connectRate)}/s${login}, average over all ${
+      num(m.bytesPerConnAvg / 1024, 1)
+    } KiB/conn${note}`;
   }
   const parts = [`sent ${num(m.sent)}/s`];
   if (row.key === "open") parts.push(`delivered ${num(m.delivered)}/s`);
