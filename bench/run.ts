@@ -20,6 +20,7 @@ import {
   dialectOf,
   ensurePeers,
   type Paths,
+  type Running,
   start,
   type TargetName,
   TARGETS,
@@ -164,6 +165,7 @@ async function runCell(
 ): Promise<{ result: GenResult; warning?: string }> {
   const users = usersFor(cell, s);
   const server = await start(target, users, paths);
+  current = server;
   try {
     const options: GenOptions = {
       scenario: cell.scenario,
@@ -185,9 +187,13 @@ async function runCell(
     const result = await runGenerators(options, gens, paths);
     return { result, warning: server.verify() };
   } finally {
+    current = undefined;
     await server.stop();
   }
 }
+
+/** The server of the cell that is running, stopped on Ctrl-C so it does not outlive us. */
+let current: Running | undefined;
 
 function medianResult(results: GenResult[]): GenResult {
   const out = {} as Record<string, number>;
@@ -207,6 +213,12 @@ function machine(): string {
 
 if (import.meta.main) {
   const settings = parseArgs(Deno.args);
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(signal, async () => {
+      await current?.stop();
+      Deno.exit(130);
+    });
+  }
   const root = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
   const paths: Paths = { root, deno: Deno.execPath() };
   const cells = matrix(settings);
