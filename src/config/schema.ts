@@ -73,7 +73,9 @@ export const ConfigSchema = z.strictObject({
     /** Largest frame in bytes; a larger one closes the connection with 1009. */
     maxFrameBytes: positiveInt.default(65536),
     /** Bytes queued to a slow client before it is closed (1013); its frames are redelivered. */
-    maxBufferedBytes: positiveInt.default(8 * 1024 * 1024),
+    maxBufferedBytes: z.int().min(262144, "must be at least 262144 (256 KiB)").default(
+      8 * 1024 * 1024,
+    ),
     /** Open connections per user. */
     maxConnectionsPerUser: positiveInt.default(16),
     /** Open connections per client IP address. */

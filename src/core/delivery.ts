@@ -36,6 +36,9 @@ export interface DeliveryObserver {
   sent?(count: number, acceptedAt?: number): void;
 }
 
+/** Stored messages replayed between two waits for the socket to drain. */
+const REPLAY_CHUNK_BYTES = 32 * 1024;
+
 const keyOf = (key: MessageKey) => `${key.sender}\u0000${key.id}`;
 
 /** Options of {@link DeliveryService}. */
@@ -179,10 +182,21 @@ export class DeliveryService {
     registered();
     try {
       const messages = await this.#store.unacknowledged(conn.userId);
-      for (const message of messages) this.#hub.replay(conn, keyOf(message), message.text);
-      if (messages.length > 0) {
-        this.#observer.sent?.(messages.length);
-        await this.#store.markDelivered(conn.userId, messages);
+      // Paced by the socket: a large backlog must not look like a slow consumer.
+      let sent = 0;
+      let bytes = 0;
+      for (const message of messages) {
+        if (bytes >= REPLAY_CHUNK_BYTES) {
+          bytes = 0;
+          if (!await conn.drain()) break;
+        }
+        this.#hub.replay(conn, keyOf(message), message.text);
+        bytes += message.text.length;
+        sent++;
+      }
+      if (sent > 0) {
+        this.#observer.sent?.(sent);
+        await this.#store.markDelivered(conn.userId, messages.slice(0, sent));
       }
     } catch (error) {
       this.#logger.error("Replay of stored messages failed", { user: conn.userId, error });

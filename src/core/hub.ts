@@ -18,6 +18,11 @@ export interface Connection {
   send(text: string): void;
   /** Closes the connection; never throws. */
   close(code: number, reason: string): void;
+  /**
+   * Resolves once the connection has room for more (its unsent data is below
+   * the cap): true, or false when it closed meanwhile.
+   */
+  drain(): Promise<boolean>;
 }
 
 /** Live frames held back while a connection replays its stored messages. */

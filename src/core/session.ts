@@ -76,6 +76,8 @@ export interface SessionDeps {
 export interface SocketPort {
   send(text: string): void;
   close(code: number, reason: string): void;
+  /** Resolves once the socket has room again: true, or false when it closed. */
+  drain?(): Promise<boolean>;
 }
 
 /** Handles the frames of one connection. */
@@ -291,6 +293,7 @@ export class ClientSession {
       since: Date.now(),
       send: (text) => socket.send(text),
       close: (code, reason) => socket.close(code, reason),
+      drain: () => socket.drain?.() ?? Promise.resolve(true),
     };
     this.#conn = conn;
     await this.#deps.delivery.register(conn, () => {

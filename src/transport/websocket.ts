@@ -105,17 +105,32 @@ export class WebSocketTransport {
     const options = this.#options;
     const { deps } = options;
     let open = false;
+    // Reading bufferedAmount is a call into the runtime: look only after every
+    // 64 KiB sent, which bounds the overshoot of the cap by that much.
+    let sentSinceCheck = 0;
     const port = {
       send(text: string) {
         if (socket.readyState !== WebSocket.OPEN) return;
-        if (socket.bufferedAmount > options.maxBufferedBytes) {
-          options.onRejected?.("slow_consumer");
-          safeClose(socket, 1013, "slow consumer");
-          return;
+        sentSinceCheck += text.length;
+        if (sentSinceCheck > 65536) {
+          sentSinceCheck = 0;
+          if (socket.bufferedAmount > options.maxBufferedBytes) {
+            options.onRejected?.("slow_consumer");
+            safeClose(socket, 1013, "slow consumer");
+            return;
+          }
         }
         socket.send(text);
       },
       close: (code: number, reason: string) => safeClose(socket, code, reason),
+      async drain(): Promise<boolean> {
+        const room = options.maxBufferedBytes / 2;
+        while (socket.readyState === WebSocket.OPEN && socket.bufferedAmount > room) {
+          await new Promise((resolve) => setTimeout(resolve, 5));
+        }
+        sentSinceCheck = 0;
+        return socket.readyState === WebSocket.OPEN;
+      },
     };
     const session = new ClientSession(deps, port);
     const limiter = options.rateLimit ? new ConnectionRateLimit(options.rateLimit) : undefined;
