@@ -19,6 +19,8 @@ import { TokenService } from "./auth/tokens.ts";
 import { UserDirectory } from "./auth/users.ts";
 import { randomId } from "./auth/base64.ts";
 import { StatusCode } from "./protocol/codes.ts";
+import type { Presence } from "./core/presence.ts";
+import type { SessionEvents } from "./core/session.ts";
 
 /** A running server. */
 export interface ImServer {
@@ -81,7 +83,9 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     hub,
     custom,
     logger: logger.child("session"),
-    events: {},
+    events: backends.presence
+      ? presenceEvents(backends.presence, instanceId, logger.child("presence"))
+      : {},
     maxRecipients: config.limits.maxRecipients,
     nextId: () => ++connectionIds,
   };
@@ -149,9 +153,32 @@ export async function createServer(config: Config, options: ServerOptions = {}):
         await httpServer.shutdown();
         await backends.broker.close();
         await backends.sessions.close();
+        await backends.presence?.close();
         await backends.store.close();
       })();
       return closing;
     },
+  };
+}
+
+/** Keeps shared presence in step with this instance's registered connections. */
+function presenceEvents(presence: Presence, instance: string, logger: Logger): SessionEvents {
+  const failed = (error: unknown) => logger.warn("Presence update failed", { error });
+  return {
+    registered: (conn) =>
+      presence.add({
+        userId: conn.userId,
+        clientName: conn.clientName,
+        since: conn.since,
+        instance,
+      })
+        .catch(failed),
+    disconnected: (conn) =>
+      presence.remove({
+        userId: conn.userId,
+        clientName: conn.clientName,
+        since: conn.since,
+        instance,
+      }).catch(failed),
   };
 }

@@ -5,22 +5,27 @@
  */
 import type { Config } from "../config/schema.ts";
 import type { Broker } from "../core/broker.ts";
+import type { Presence } from "../core/presence.ts";
 import type { SessionStore } from "../core/sessions.ts";
 import type { MessageStore } from "../core/store.ts";
 import type { Logger } from "../log.ts";
 import { MemoryBroker } from "./broker_memory.ts";
 import { MemorySessionStore } from "./sessions_memory.ts";
 import { MemoryStore } from "./store_memory.ts";
+import { openRedisBackends } from "./cluster.ts";
 
 /** The backends of one server instance. */
 export interface Backends {
   store: MessageStore;
   broker: Broker;
   sessions: SessionStore;
+  /** Shared presence (Redis); absent for a single instance. */
+  presence?: Presence;
 }
 
 /** Opens the backends the configuration names. */
 export function openBackends(config: Config, logger: Logger): Promise<Backends> {
+  if (config.cluster.redisUrl) return openRedisBackends(config, logger);
   const store = new MemoryStore({
     maxPerUser: config.storage.maxPerUser,
     retentionDays: config.storage.retentionDays,

@@ -1,0 +1,252 @@
+/**
+ * Redis {@link Presence}: the registered clients of every instance, with a
+ * heartbeat so that the entries of an instance that died expire.
+ *
+ * Keys (prefix `im:presence:`):
+ * - `u:{userId}`: hash, clientName → `{"since","instance"}`;
+ * - `online`: set of userIds with at least one entry;
+ * - `i:{instance}`: set of `userId\0clientName` held by an instance (for cleanup);
+ * - `instances`: sorted set, instance → expiry (Redis clock, ms), renewed by
+ *   each instance's heartbeat. Entries of an expired instance are ignored by
+ *   lookups at once and removed by the next heartbeat of any instance.
+ *
+ * @module
+ */
+import type { Presence, PresenceEntry } from "../core/presence.ts";
+import type { Logger } from "../log.ts";
+import { closeRedis, guard, KEY_PREFIX, type RedisClient } from "./redis.ts";
+
+const P = `${KEY_PREFIX}presence:`;
+
+/** Lua prelude: key names, Redis time, and the removal of one entry. */
+const PRELUDE = `
+local P = ${JSON.stringify(P)}
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function drop(user, client, instance)
+  local key = P .. 'u:' .. user
+  local prev = redis.call('HGET', key, client)
+  if prev and cjson.decode(prev).instance == instance then
+    redis.call('HDEL', key, client)
+    if redis.call('EXISTS', key) == 0 then redis.call('SREM', P .. 'online', user) end
+  end
+  redis.call('SREM', P .. 'i:' .. instance, user .. '\\0' .. client)
+end
+local function alive()
+  local set = {}
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'instances', '(' .. now_ms(), '+inf', 'BYSCORE')) do
+    set[id] = true
+  end
+  return set
+end
+`;
+
+/** ARGV: user, client, instance, entry JSON, ttl ms, only-if-absent flag. */
+const ADD = PRELUDE + `
+local user, client, instance, value, ttl, nx = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+redis.call('ZADD', P .. 'instances', now_ms() + ttl, instance)
+local key = P .. 'u:' .. user
+local prev = redis.call('HGET', key, client)
+if prev then
+  local owner = cjson.decode(prev).instance
+  if nx == '1' and owner ~= instance then return 0 end
+  if owner ~= instance then redis.call('SREM', P .. 'i:' .. owner, user .. '\\0' .. client) end
+end
+redis.call('HSET', key, client, value)
+redis.call('SADD', P .. 'i:' .. instance, user .. '\\0' .. client)
+redis.call('SADD', P .. 'online', user)
+return 1
+`;
+
+/** ARGV: user, client, instance. */
+const REMOVE = PRELUDE + `
+drop(ARGV[1], ARGV[2], ARGV[3])
+return 1
+`;
+
+/** ARGV: ttl ms, instance ids to renew. Returns the ids that had expired. Sweeps dead instances. */
+const HEARTBEAT = PRELUDE + `
+local now = now_ms()
+local ttl = tonumber(ARGV[1])
+local dead = redis.call('ZRANGE', P .. 'instances', '-inf', now, 'BYSCORE')
+for _, d in ipairs(dead) do
+  local held = redis.call('SMEMBERS', P .. 'i:' .. d)
+  for _, member in ipairs(held) do
+    local cut = string.find(member, '\\0', 1, true)
+    drop(string.sub(member, 1, cut - 1), string.sub(member, cut + 1), d)
+  end
+  redis.call('DEL', P .. 'i:' .. d)
+  redis.call('ZREM', P .. 'instances', d)
+end
+local lost = {}
+for i = 2, #ARGV do
+  if redis.call('ZADD', P .. 'instances', now + ttl, ARGV[i]) == 1 then table.insert(lost, ARGV[i]) end
+end
+return lost
+`;
+
+/** ARGV: userIds. Returns, per user, the flat [client, entry, …] of live instances. */
+const LOOKUP = PRELUDE + `
+local live = alive()
+local out = {}
+for i, user in ipairs(ARGV) do
+  local flat = redis.call('HGETALL', P .. 'u:' .. user)
+  local kept = {}
+  for j = 1, #flat, 2 do
+    if live[cjson.decode(flat[j + 1]).instance] then
+      table.insert(kept, flat[j]); table.insert(kept, flat[j + 1])
+    end
+  end
+  out[i] = kept
+end
+return out
+`;
+
+/** Every user with an entry of a live instance. */
+const ONLINE = PRELUDE + `
+local live = alive()
+local out = {}
+for _, user in ipairs(redis.call('SMEMBERS', P .. 'online')) do
+  for _, value in ipairs(redis.call('HVALS', P .. 'u:' .. user)) do
+    if live[cjson.decode(value).instance] then table.insert(out, user); break end
+  end
+end
+return out
+`;
+
+/** Options of {@link RedisPresence}. */
+export interface RedisPresenceOptions {
+  /** Where heartbeat failures are logged. */
+  logger: Logger;
+  /** Milliseconds an instance's entries live without a heartbeat. @default 15000 */
+  ttlMs?: number;
+  /** Milliseconds between heartbeats. @default ttlMs / 3 */
+  heartbeatMs?: number;
+}
+
+interface Stored {
+  since: number;
+  instance: string;
+}
+
+const localKey = (entry: PresenceEntry) => `${entry.userId}\u0000${entry.clientName}`;
+
+/** Presence shared by every instance through Redis. */
+export class RedisPresence implements Presence {
+  #client: RedisClient;
+  #logger: Logger;
+  #ttlMs: number;
+  #timer: ReturnType<typeof setInterval>;
+  /** The entries this instance added, to renew them if Redis lost them. */
+  #local = new Map<string, PresenceEntry>();
+  #beating?: Promise<void>;
+
+  /** Takes ownership of `client` (closed by {@link close}). */
+  constructor(client: RedisClient, options: RedisPresenceOptions) {
+    this.#client = client;
+    this.#logger = options.logger;
+    this.#ttlMs = options.ttlMs ?? 15_000;
+    this.#timer = setInterval(() => {
+      this.#beating ??= this.heartbeat().finally(() => this.#beating = undefined);
+    }, options.heartbeatMs ?? Math.max(1, Math.floor(this.#ttlMs / 3)));
+  }
+
+  async add(entry: PresenceEntry): Promise<void> {
+    this.#local.set(localKey(entry), entry);
+    await this.#add(entry, false);
+  }
+
+  async #add(entry: PresenceEntry, onlyIfAbsent: boolean): Promise<void> {
+    const value = JSON.stringify({ since: entry.since, instance: entry.instance });
+    await guard("Presence", () =>
+      this.#client.eval(ADD, {
+        arguments: [
+          entry.userId,
+          entry.clientName,
+          entry.instance,
+          value,
+          String(this.#ttlMs),
+          onlyIfAbsent ? "1" : "0",
+        ],
+      }));
+  }
+
+  async remove(entry: PresenceEntry): Promise<void> {
+    const key = localKey(entry);
+    if (this.#local.get(key)?.instance === entry.instance) this.#local.delete(key);
+    await guard("Presence", () =>
+      this.#client.eval(REMOVE, {
+        arguments: [entry.userId, entry.clientName, entry.instance],
+      }));
+  }
+
+  async lookup(userIds: string[]): Promise<Map<string, PresenceEntry[]>> {
+    const result = new Map<string, PresenceEntry[]>();
+    if (userIds.length === 0) return result;
+    const reply = await guard(
+      "Presence",
+      () => this.#client.eval(LOOKUP, { arguments: userIds }),
+    ) as string[][];
+    userIds.forEach((userId, i) => {
+      const flat = reply[i];
+      if (flat.length === 0) return;
+      const entries: PresenceEntry[] = [];
+      for (let j = 0; j < flat.length; j += 2) {
+        const stored = JSON.parse(flat[j + 1]) as Stored;
+        entries.push({
+          userId,
+          clientName: flat[j],
+          since: stored.since,
+          instance: stored.instance,
+        });
+      }
+      entries.sort((a, b) => a.since - b.since);
+      result.set(userId, entries);
+    });
+    return result;
+  }
+
+  async onlineUsers(): Promise<string[]> {
+    const users = await guard("Presence", () => this.#client.eval(ONLINE)) as string[];
+    return users.sort();
+  }
+
+  /**
+   * Renews this instance's entries and removes those of instances whose
+   * heartbeat stopped. Runs on a timer; exposed for tests.
+   */
+  async heartbeat(): Promise<void> {
+    const instances = new Set([...this.#local.values()].map((entry) => entry.instance));
+    try {
+      const lost = await this.#client.eval(HEARTBEAT, {
+        arguments: [String(this.#ttlMs), ...instances],
+      }) as string[];
+      if (lost.length === 0) return;
+      // Our instance had expired (a long outage, or Redis lost its data): add our entries again.
+      this.#logger.warn("Presence entries had expired: adding them again", { instances: lost });
+      for (const entry of this.#local.values()) {
+        if (lost.includes(entry.instance)) await this.#add(entry, true);
+      }
+    } catch (error) {
+      this.#logger.debug("Presence heartbeat failed", { error });
+    }
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#timer);
+    await this.#beating;
+    try {
+      for (const entry of this.#local.values()) {
+        await this.#client.eval(REMOVE, {
+          arguments: [entry.userId, entry.clientName, entry.instance],
+        });
+      }
+    } catch (error) {
+      this.#logger.debug("Presence cleanup failed: entries expire with the heartbeat", { error });
+    }
+    this.#local.clear();
+    await closeRedis(this.#client);
+  }
+}

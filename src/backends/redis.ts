@@ -1,0 +1,115 @@
+/**
+ * Shared Redis client setup for the cluster backends (`cluster.redisUrl`):
+ * a client that fails fast while Redis is away, logs its outages once, and
+ * reconnects by itself; and the mapping of connection errors to
+ * {@link BackendUnavailableError}.
+ *
+ * @module
+ */
+import { createClient, ErrorReply } from "redis";
+import { BackendUnavailableError } from "../core/errors.ts";
+import type { Logger } from "../log.ts";
+
+/** A connected node-redis client. */
+export type RedisClient = ReturnType<typeof createClient>;
+
+/** Options of {@link connectRedis}. */
+export interface RedisConnectOptions {
+  /** Where connection errors and recoveries are logged. */
+  logger: Logger;
+  /** Name of the connection in logs and in `CLIENT LIST`. */
+  name: string;
+  /** Most milliseconds between reconnect attempts. @default 1000 */
+  maxRetryDelayMs?: number;
+}
+
+/** Key prefix of every key the cluster backends write. */
+export const KEY_PREFIX = "im:";
+
+/**
+ * Opens a client and waits until it is ready (it keeps retrying while Redis is
+ * not reachable, logging the first failure).
+ *
+ * Commands sent while the connection is down reject at once
+ * (`disableOfflineQueue`): no unbounded queue builds up during an outage, and
+ * callers answer their clients quickly. The client reconnects by itself with a
+ * capped backoff and re-subscribes its channels.
+ */
+export async function connectRedis(
+  url: string,
+  options: RedisConnectOptions,
+): Promise<RedisClient> {
+  const { logger, name } = options;
+  const maxDelay = options.maxRetryDelayMs ?? 1000;
+  const client = createClient({
+    url,
+    name: `im-${name}`,
+    disableOfflineQueue: true,
+    socket: {
+      connectTimeout: 2000,
+      reconnectStrategy: (retries) => Math.min(50 * 2 ** retries, maxDelay),
+    },
+  });
+  let down = false;
+  // Without an "error" listener node-redis would throw from its event emitter.
+  client.on("error", (error: Error) => {
+    if (down) {
+      logger.debug("Redis still unreachable", { connection: name, error: error.message });
+      return;
+    }
+    down = true;
+    logger.warn("Redis connection lost: retrying", { connection: name, error: error.message });
+  });
+  client.on("ready", () => {
+    if (!down) return;
+    down = false;
+    logger.info("Redis connection restored", { connection: name });
+  });
+  await client.connect();
+  return client;
+}
+
+/** Closes a client: waits for its replies when connected, drops it otherwise. */
+export async function closeRedis(client: RedisClient): Promise<void> {
+  if (!client.isOpen) return;
+  if (client.isReady) {
+    try {
+      await client.close();
+      return;
+    } catch {
+      // Fall through: the connection went away while closing.
+    }
+  }
+  client.destroy();
+}
+
+/** Replies that mean "Redis is there but cannot serve right now". */
+const TRANSIENT_REPLY = /^(LOADING|BUSY|MISCONF|READONLY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN)\b/;
+
+/**
+ * Whether `error` means Redis is unreachable or temporarily unable to serve
+ * (as opposed to a bug such as a bad script).
+ */
+export function isUnavailable(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  if (error instanceof ErrorReply) return TRANSIENT_REPLY.test(error.message);
+  return true;
+}
+
+/**
+ * Runs a Redis call; a connection failure rejects with a
+ * {@link BackendUnavailableError} whose message names `what` (sent to clients).
+ */
+export async function guard<T>(what: string, call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    if (!isUnavailable(error)) throw error;
+    const detail = error instanceof ErrorReply
+      ? error.message.split(" ")[0].toLowerCase()
+      : "Redis is not reachable";
+    throw new BackendUnavailableError(`${what} unavailable: ${detail}, try again later`, {
+      cause: error,
+    });
+  }
+}
