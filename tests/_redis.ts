@@ -39,7 +39,12 @@ export function freePort(): number {
 
 /** Options of {@link startRedis}. */
 export interface RedisServerOptions {
-  /** Keep data in an append-only file in this directory (survives a kill). */
+  /**
+   * Keep data in an append-only file in this directory, fsynced before each
+   * reply (`appendfsync always`): what was answered survives a kill. (With
+   * `everysec`, Redis may send replies before writing the AOF while an fsync
+   * is in progress, so a kill can lose up to two seconds of answered writes.)
+   */
   aofDir?: string;
   /** Port to use. @default a free one */
   port?: number;
@@ -75,7 +80,7 @@ export class RedisServer implements AsyncDisposable {
     if (this.#child) throw new Error("Redis is already running");
     const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", ""];
     if (this.#options.aofDir) {
-      args.push("--appendonly", "yes", "--appendfsync", "everysec", "--dir", this.#options.aofDir);
+      args.push("--appendonly", "yes", "--appendfsync", "always", "--dir", this.#options.aofDir);
     } else {
       args.push("--appendonly", "no");
     }

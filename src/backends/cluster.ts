@@ -55,18 +55,24 @@ export async function openRedisBackends(
   }
 }
 
-/** Warns when Redis would lose accepted messages at a restart. */
+/** Warns when Redis could lose accepted messages at a crash or restart. */
 async function checkDurability(client: RedisClient, logger: Logger): Promise<void> {
   try {
     const config = await client.configGet("appendonly");
+    const fsync = await client.configGet("appendfsync");
     if (config.appendonly !== "yes") {
       logger.warn(
         "Redis runs without appendonly: accepted messages are lost if Redis restarts " +
-          "(start it with --appendonly yes, see docs/CLUSTER.md)",
+          "(start it with --appendonly yes --appendfsync always, see docs/CLUSTER.md)",
+      );
+    } else if (fsync.appendfsync !== "always") {
+      logger.info(
+        `Redis appendfsync is ${fsync.appendfsync}: a Redis crash can lose the last seconds ` +
+          "of accepted messages (appendfsync always loses none, see docs/CLUSTER.md)",
       );
     }
   } catch {
-    logger.debug("Could not read the appendonly setting of Redis (CONFIG is disabled)");
+    logger.debug("Could not read the persistence settings of Redis (CONFIG is disabled)");
   }
 }
 

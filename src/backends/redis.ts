@@ -41,15 +41,21 @@ export async function connectRedis(
 ): Promise<RedisClient> {
   const { logger, name } = options;
   const maxDelay = options.maxRetryDelayMs ?? 1000;
+  const retry = { until: 0 };
   const client = createClient({
     url,
     name: `im-${name}`,
     disableOfflineQueue: true,
     socket: {
       connectTimeout: 2000,
-      reconnectStrategy: (retries) => Math.min(50 * 2 ** retries, maxDelay),
+      reconnectStrategy: (retries) => {
+        const delay = Math.min(50 * 2 ** retries, maxDelay);
+        retry.until = Date.now() + delay;
+        return delay;
+      },
     },
   });
+  retries.set(client, retry);
   let down = false;
   // Without an "error" listener node-redis would throw from its event emitter.
   client.on("error", (error: Error) => {
@@ -69,7 +75,14 @@ export async function connectRedis(
   return client;
 }
 
-/** Closes a client: waits for its replies when connected, drops it otherwise. */
+/** When each client's pending reconnect attempt is due. */
+const retries = new WeakMap<RedisClient, { until: number }>();
+
+/**
+ * Closes a client: waits for its replies when connected, drops it otherwise.
+ * A client waiting to reconnect is dropped, then this waits for its retry
+ * timer (at most `maxRetryDelayMs`) so that no timer outlives the close.
+ */
 export async function closeRedis(client: RedisClient): Promise<void> {
   if (!client.isOpen) return;
   if (client.isReady) {
@@ -81,6 +94,8 @@ export async function closeRedis(client: RedisClient): Promise<void> {
     }
   }
   client.destroy();
+  const wait = (retries.get(client)?.until ?? 0) - Date.now();
+  if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait + 5));
 }
 
 /** Replies that mean "Redis is there but cannot serve right now". */
