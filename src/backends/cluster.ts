@@ -15,7 +15,7 @@ import { RedisStore } from "./store_redis.ts";
 
 /**
  * Opens one connection each for the store, the sessions, presence, and the
- * broker's publisher and subscriber. The store's connection carries every
+ * broker's writer and reader. The store's connection carries every
  * store call, so they resolve in call order.
  */
 export async function openRedisBackends(
@@ -38,11 +38,9 @@ export async function openRedisBackends(
       retentionDays: config.storage.retentionDays,
       logger: logger.child("store"),
     });
-    const broker = new RedisBroker(
-      await open("publish"),
-      await open("subscribe"),
-      logger.child("broker"),
-    );
+    const broker = new RedisBroker(await open("publish"), await open("read"), {
+      logger: logger.child("broker"),
+    });
     const sessions = new RedisSessionStore(await open("sessions"), config.auth.sessionTtlSeconds);
     const presence = new RedisPresence(await open("presence"), {
       logger: logger.child("presence"),

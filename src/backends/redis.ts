@@ -93,7 +93,15 @@ export async function closeRedis(client: RedisClient): Promise<void> {
       // Fall through: the connection went away while closing.
     }
   }
-  client.destroy();
+  await dropRedis(client);
+}
+
+/**
+ * Drops a client's connection at once (pending commands reject), then waits
+ * for a pending reconnect timer so that none outlives the client.
+ */
+export async function dropRedis(client: RedisClient): Promise<void> {
+  if (client.isOpen) client.destroy();
   const wait = (retries.get(client)?.until ?? 0) - Date.now();
   if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait + 5));
 }
