@@ -289,3 +289,30 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "RedisStore answers unavailable, not out of order, when Redis lost its scripts",
+  ignore: SKIP_REASON !== undefined,
+  async fn() {
+    await using redis = await RedisServer.start();
+    const { logger } = capture();
+    const client = await connectRedis(redis.url, { logger, name: "test" });
+    const admin = await connectRedis(redis.url, { logger, name: "admin" });
+    const store = new RedisStore(client, { logger });
+    try {
+      await store.accept(message("u1", "s0", ["u2"]));
+      await admin.scriptFlush();
+      const first = await store.accept(message("u1", "s1", ["u2"])).then(
+        () => "accepted",
+        (error: Error) => error.name,
+      );
+      assertEquals(first, "BackendUnavailableError");
+      // The scripts are loaded again: the resend is accepted.
+      await eventually(() => store.accept(message("u1", "s1", ["u2"])), "scripts reloaded");
+      assertEquals(ids(await store.unacknowledged("u2")), ["s0", "s1"]);
+    } finally {
+      await store.close();
+      await admin.close();
+    }
+  },
+});

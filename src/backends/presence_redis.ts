@@ -14,7 +14,7 @@
  */
 import type { Presence, PresenceEntry } from "../core/presence.ts";
 import type { Logger } from "../log.ts";
-import { closeRedis, guard, KEY_PREFIX, type RedisClient } from "./redis.ts";
+import { closeRedis, KEY_PREFIX, type RedisClient, RedisScripts } from "./redis.ts";
 
 const P = `${KEY_PREFIX}presence:`;
 
@@ -116,6 +116,8 @@ end
 return out
 `;
 
+const SCRIPTS = { ADD, REMOVE, HEARTBEAT, LOOKUP, ONLINE };
+
 /** Options of {@link RedisPresence}. */
 export interface RedisPresenceOptions {
   /** Where heartbeat failures are logged. */
@@ -136,6 +138,7 @@ const localKey = (entry: PresenceEntry) => `${entry.userId}\u0000${entry.clientN
 /** Presence shared by every instance through Redis. */
 export class RedisPresence implements Presence {
   #client: RedisClient;
+  #scripts: RedisScripts<keyof typeof SCRIPTS>;
   #logger: Logger;
   #ttlMs: number;
   #timer: ReturnType<typeof setInterval>;
@@ -148,6 +151,7 @@ export class RedisPresence implements Presence {
     this.#client = client;
     this.#logger = options.logger;
     this.#ttlMs = options.ttlMs ?? 15_000;
+    this.#scripts = new RedisScripts(client, "Presence", SCRIPTS, options.logger);
     this.#timer = setInterval(() => {
       this.#beating ??= this.heartbeat().finally(() => this.#beating = undefined);
     }, options.heartbeatMs ?? Math.max(1, Math.floor(this.#ttlMs / 3)));
@@ -160,35 +164,26 @@ export class RedisPresence implements Presence {
 
   async #add(entry: PresenceEntry, onlyIfAbsent: boolean): Promise<void> {
     const value = JSON.stringify({ since: entry.since, instance: entry.instance });
-    await guard("Presence", () =>
-      this.#client.eval(ADD, {
-        arguments: [
-          entry.userId,
-          entry.clientName,
-          entry.instance,
-          value,
-          String(this.#ttlMs),
-          onlyIfAbsent ? "1" : "0",
-        ],
-      }));
+    await this.#scripts.run("ADD", [
+      entry.userId,
+      entry.clientName,
+      entry.instance,
+      value,
+      String(this.#ttlMs),
+      onlyIfAbsent ? "1" : "0",
+    ]);
   }
 
   async remove(entry: PresenceEntry): Promise<void> {
     const key = localKey(entry);
     if (this.#local.get(key)?.instance === entry.instance) this.#local.delete(key);
-    await guard("Presence", () =>
-      this.#client.eval(REMOVE, {
-        arguments: [entry.userId, entry.clientName, entry.instance],
-      }));
+    await this.#scripts.run("REMOVE", [entry.userId, entry.clientName, entry.instance]);
   }
 
   async lookup(userIds: string[]): Promise<Map<string, PresenceEntry[]>> {
     const result = new Map<string, PresenceEntry[]>();
     if (userIds.length === 0) return result;
-    const reply = await guard(
-      "Presence",
-      () => this.#client.eval(LOOKUP, { arguments: userIds }),
-    ) as string[][];
+    const reply = await this.#scripts.run("LOOKUP", userIds) as string[][];
     userIds.forEach((userId, i) => {
       const flat = reply[i];
       if (flat.length === 0) return;
@@ -209,7 +204,7 @@ export class RedisPresence implements Presence {
   }
 
   async onlineUsers(): Promise<string[]> {
-    const users = await guard("Presence", () => this.#client.eval(ONLINE)) as string[];
+    const users = await this.#scripts.run("ONLINE", []) as string[];
     return users.sort();
   }
 
@@ -220,9 +215,10 @@ export class RedisPresence implements Presence {
   async heartbeat(): Promise<void> {
     const instances = new Set([...this.#local.values()].map((entry) => entry.instance));
     try {
-      const lost = await this.#client.eval(HEARTBEAT, {
-        arguments: [String(this.#ttlMs), ...instances],
-      }) as string[];
+      const lost = await this.#scripts.run("HEARTBEAT", [
+        String(this.#ttlMs),
+        ...instances,
+      ]) as string[];
       if (lost.length === 0) return;
       // Our instance had expired (a long outage, or Redis lost its data): add our entries again.
       this.#logger.warn("Presence entries had expired: adding them again", { instances: lost });
@@ -239,9 +235,7 @@ export class RedisPresence implements Presence {
     await this.#beating;
     try {
       for (const entry of this.#local.values()) {
-        await this.#client.eval(REMOVE, {
-          arguments: [entry.userId, entry.clientName, entry.instance],
-        });
+        await this.#scripts.run("REMOVE", [entry.userId, entry.clientName, entry.instance]);
       }
     } catch (error) {
       this.#logger.debug("Presence cleanup failed: entries expire with the heartbeat", { error });

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
 import { createClient, ErrorReply } from "redis";
 import { BackendUnavailableError } from "../core/errors.ts";
 import type { Logger } from "../log.ts";
@@ -134,5 +135,64 @@ export async function guard<T>(what: string, call: () => Promise<T>): Promise<T>
     throw new BackendUnavailableError(`${what} unavailable: ${detail}, try again later`, {
       cause: error,
     });
+  }
+}
+
+/**
+ * Lua scripts run with `EVALSHA`, so each call sends a few bytes instead of
+ * the script (Redis reads about 16 KiB of a connection per event-loop turn,
+ * and its AOF fsync covers one turn: small commands mean large group commits).
+ *
+ * The scripts are loaded on the connection at once and again whenever it
+ * becomes ready (Redis forgets scripts at a restart). Both go ahead of any
+ * later call on the same connection, so calls never meet a missing script in
+ * practice; if one does (`SCRIPT FLUSH`), it fails as unavailable, with no
+ * retry that could reorder calls, and the scripts are loaded again.
+ */
+export class RedisScripts<Name extends string> {
+  #client: RedisClient;
+  #what: string;
+  #sources: Record<Name, string>;
+  #shas: Record<Name, string>;
+  #logger: Logger;
+
+  /** Loads `sources` on `client`; `what` names the backend in errors ("Storage"). */
+  constructor(client: RedisClient, what: string, sources: Record<Name, string>, logger: Logger) {
+    this.#client = client;
+    this.#what = what;
+    this.#sources = sources;
+    this.#logger = logger;
+    this.#shas = Object.fromEntries(
+      Object.entries<string>(sources).map((
+        [name, source],
+      ) => [name, createHash("sha1").update(source).digest("hex")]),
+    ) as Record<Name, string>;
+    client.on("ready", () => this.#load());
+    this.#load();
+  }
+
+  #load(): void {
+    for (const source of Object.values<string>(this.#sources)) {
+      this.#client.scriptLoad(source).catch((error) =>
+        this.#logger.debug("Could not load a Lua script", { error })
+      );
+    }
+  }
+
+  /** Runs a script with `args` (no keys: the scripts build their key names). */
+  async run(name: Name, args: string[]): Promise<unknown> {
+    try {
+      return await guard(
+        this.#what,
+        () => this.#client.sendCommand(["EVALSHA", this.#shas[name], "0", ...args]),
+      );
+    } catch (error) {
+      if (!(error instanceof ErrorReply && error.message.startsWith("NOSCRIPT"))) throw error;
+      this.#load();
+      throw new BackendUnavailableError(
+        `${this.#what} unavailable: Redis lost its scripts, try again`,
+        { cause: error },
+      );
+    }
   }
 }

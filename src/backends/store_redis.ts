@@ -34,7 +34,8 @@ import type {
   StoredMessage,
 } from "../core/store.ts";
 import type { Logger } from "../log.ts";
-import { closeRedis, guard, KEY_PREFIX, type RedisClient } from "./redis.ts";
+import { closeRedis, guard, KEY_PREFIX, type RedisClient, RedisScripts } from "./redis.ts";
+import { createLogger } from "../log.ts";
 
 const P = `${KEY_PREFIX}store:`;
 
@@ -181,6 +182,15 @@ end
 return #seqs
 `;
 
+const SCRIPTS = {
+  ACCEPT,
+  UNACKNOWLEDGED,
+  MARK_DELIVERED,
+  ACKNOWLEDGE,
+  HISTORY,
+  SWEEP,
+};
+
 const STATES: Record<string, DeliveryState> = {
   p: "pending",
   d: "delivered",
@@ -202,6 +212,7 @@ export interface RedisStoreOptions {
 /** Messages and delivery states in Redis, shared by every instance. */
 export class RedisStore implements MessageStore {
   #client: RedisClient;
+  #scripts: RedisScripts<keyof typeof SCRIPTS>;
   #maxPerUser: number;
   #retentionMs: number;
   #logger?: Logger;
@@ -214,14 +225,16 @@ export class RedisStore implements MessageStore {
     this.#retentionMs = (options.retentionDays ?? 30) * 86_400_000;
     this.#logger = options.logger;
     this.#sweepBatch = options.sweepBatch ?? 500;
+    const logger = options.logger ?? createLogger({ level: "error" });
+    this.#scripts = new RedisScripts(client, "Storage", SCRIPTS, logger);
   }
 
-  #eval(script: string, args: string[]): Promise<unknown> {
-    return guard("Storage", () => this.#client.eval(script, { arguments: args }));
+  #eval(script: keyof typeof SCRIPTS, args: string[]): Promise<unknown> {
+    return this.#scripts.run(script, args);
   }
 
   async accept(message: NewMessage): Promise<AcceptResult> {
-    const reply = await this.#eval(ACCEPT, [
+    const reply = await this.#eval("ACCEPT", [
       message.sender,
       message.id,
       String(message.type),
@@ -244,7 +257,7 @@ export class RedisStore implements MessageStore {
   }
 
   async unacknowledged(userId: string): Promise<StoredMessage[]> {
-    const reply = await this.#eval(UNACKNOWLEDGED, [userId]) as string[][];
+    const reply = await this.#eval("UNACKNOWLEDGED", [userId]) as string[][];
     return reply.map(([sender, id, type, text, at]) => ({
       sender,
       id,
@@ -256,11 +269,11 @@ export class RedisStore implements MessageStore {
 
   async markDelivered(userId: string, keys: MessageKey[]): Promise<void> {
     if (keys.length === 0) return;
-    await this.#eval(MARK_DELIVERED, [userId, ...keys.flatMap((key) => [key.sender, key.id])]);
+    await this.#eval("MARK_DELIVERED", [userId, ...keys.flatMap((key) => [key.sender, key.id])]);
   }
 
   async acknowledge(userId: string, key: MessageKey): Promise<boolean> {
-    return await this.#eval(ACKNOWLEDGE, [userId, key.sender, key.id]) === 1;
+    return await this.#eval("ACKNOWLEDGE", [userId, key.sender, key.id]) === 1;
   }
 
   async history(userId: string, peer: string, options: HistoryOptions): Promise<HistoryPage> {
@@ -268,7 +281,7 @@ export class RedisStore implements MessageStore {
       ? options.before
       : "";
     const limit = Math.max(0, Math.floor(options.limit));
-    const reply = await this.#eval(HISTORY, [userId, peer, before, String(limit)]) as string[][];
+    const reply = await this.#eval("HISTORY", [userId, peer, before, String(limit)]) as string[][];
     const page = reply.slice(0, limit);
     return {
       messages: page.map(([_seq, sender, id, type, text, at, rcpt, state]) => ({
@@ -293,7 +306,7 @@ export class RedisStore implements MessageStore {
     const cutoff = String(now - this.#retentionMs);
     let dropped = 0;
     while (true) {
-      const count = await this.#eval(SWEEP, [cutoff, String(this.#sweepBatch)]) as number;
+      const count = await this.#eval("SWEEP", [cutoff, String(this.#sweepBatch)]) as number;
       dropped += count;
       if (count < this.#sweepBatch) break;
     }
