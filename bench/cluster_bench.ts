@@ -83,7 +83,7 @@ async function startInstance(redisUrl: string | undefined, dir: string, index: n
       websocket: { url: "127.0.0.1", port: 0 },
       auth: { users },
       storage: { driver: "memory" },
-      plugins: { dir: "./tests/no-plugins" },
+      plugins: { dir: "./tests/fixtures/empty" },
       limits: { rateLimit: { perSecond: 100000, burst: 100000 } },
       cluster: redisUrl ? { redisUrl } : {},
       log: { level: "error" },

@@ -6,21 +6,23 @@
  */
 import type { Config } from "./config/schema.ts";
 import { createLogger, type Logger } from "./log.ts";
-import { openBackends } from "./backends/mod.ts";
+import { type Backends, openBackends } from "./backends/mod.ts";
 import { Hub } from "./core/hub.ts";
 import { DeliveryService } from "./core/delivery.ts";
-import type { CustomTypes, SessionDeps } from "./core/session.ts";
+import type { SessionDeps, SessionEvents } from "./core/session.ts";
 import { WebSocketTransport } from "./transport/websocket.ts";
 import { Router } from "./http/router.ts";
 import { json, jsonError } from "./http/errors.ts";
 import { addAuthRoutes } from "./http/auth_routes.ts";
 import { addServerRoutes } from "./http/server_routes.ts";
+import { addHistoryRoutes } from "./http/history_routes.ts";
 import { TokenService } from "./auth/tokens.ts";
 import { UserDirectory } from "./auth/users.ts";
 import { randomId } from "./auth/base64.ts";
-import { StatusCode } from "./protocol/codes.ts";
+import { type LoadedPlugin, loadPlugins } from "./plugins/loader.ts";
+import { PluginRegistry } from "./plugins/registry.ts";
+import { consoleHandler } from "./console/serve.ts";
 import type { Presence } from "./core/presence.ts";
-import type { SessionEvents } from "./core/session.ts";
 
 /** A running server. */
 export interface ImServer {
@@ -38,10 +40,16 @@ export interface ServerOptions {
   logger?: Logger;
 }
 
-const NO_PLUGINS: CustomTypes = {
-  has: () => false,
-  handle: () => Promise.resolve({ code: StatusCode.TYPE_ERROR }),
-};
+/** The plugins directory as a URL: relative paths are taken from the working directory,
+ * or, in a compiled binary, from the embedded files. */
+function pluginsUrl(dir: string): URL {
+  const withSlash = dir.endsWith("/") ? dir : `${dir}/`;
+  if (withSlash.startsWith("/")) return new URL(`file://${withSlash}`);
+  const base = Deno.build.standalone
+    ? new URL("../", import.meta.url)
+    : new URL(`file://${Deno.cwd()}/`);
+  return new URL(withSlash, base);
+}
 
 /** Starts a server with a validated configuration. */
 export async function createServer(config: Config, options: ServerOptions = {}): Promise<ImServer> {
@@ -64,7 +72,29 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     ttlSeconds: config.auth.tokenTtlSeconds,
     jwt: config.auth.jwt,
   });
+  const loaded = await loadPlugins(pluginsUrl(config.plugins.dir), {
+    optional: config.plugins.dir === "./plugins",
+  });
   const backends = await openBackends(config, logger);
+  try {
+    return await start(config, logger, tokens, users, loaded, backends);
+  } catch (error) {
+    await backends.broker.close();
+    await backends.sessions.close();
+    await backends.presence?.close();
+    await backends.store.close();
+    throw error;
+  }
+}
+
+async function start(
+  config: Config,
+  logger: Logger,
+  tokens: TokenService,
+  users: UserDirectory,
+  loaded: LoadedPlugin[],
+  backends: Backends,
+): Promise<ImServer> {
   const hub = new Hub();
   const instanceId = randomId(6);
   const delivery = new DeliveryService({
@@ -75,7 +105,18 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     logger: logger.child("delivery"),
   });
   await delivery.start();
-  const custom = NO_PLUGINS;
+  const plugins = await PluginRegistry.create(loaded, {
+    delivery,
+    isOnline: (userId) => Promise.resolve(hub.isOnline(userId)),
+    logger,
+    timeoutMs: config.plugins.timeoutMs,
+    config: config.plugins.config,
+  });
+  const custom = plugins;
+  const events: SessionEvents = {
+    registered: (conn) => plugins.clientRegistered(conn),
+    disconnected: (conn) => plugins.clientDisconnected(conn),
+  };
   let connectionIds = 0;
   const deps: SessionDeps = {
     delivery,
@@ -84,8 +125,8 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     custom,
     logger: logger.child("session"),
     events: backends.presence
-      ? presenceEvents(backends.presence, instanceId, logger.child("presence"))
-      : {},
+      ? withPresence(events, backends.presence, instanceId, logger.child("presence"))
+      : events,
     maxRecipients: config.limits.maxRecipients,
     nextId: () => ++connectionIds,
   };
@@ -122,7 +163,14 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     custom,
     maxRecipients: config.limits.maxRecipients,
   });
+  addHistoryRoutes(router, {
+    store: backends.store,
+    tokens,
+    cookieName: config.auth.cookieName,
+    apiKeys,
+  });
   router.add("GET", "/healthz", () => json({ data: "ok" }));
+  if (config.server.console) router.fallback(consoleHandler());
 
   const httpLogger = logger.child("http");
   const ready = Promise.withResolvers<Deno.NetAddr>();
@@ -143,14 +191,22 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const url = `http://${host}:${addr.port}`;
   logger.info(`listening on ${url}`, { websocket: `ws://${host}:${addr.port}${wsPath}` });
 
+  const sweeper = setInterval(() => {
+    backends.store.sweep(Date.now()).catch((error) =>
+      logger.error("Retention sweep failed", { error })
+    );
+  }, config.storage.sweepIntervalMs);
+
   let closing: Promise<void> | undefined;
   return {
     url,
     port: addr.port,
     close() {
       closing ??= (async () => {
+        clearInterval(sweeper);
         transport.closeAll(1001, "going away");
         await httpServer.shutdown();
+        await plugins.close();
         await backends.broker.close();
         await backends.sessions.close();
         await backends.presence?.close();
@@ -161,24 +217,29 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   };
 }
 
-/** Keeps shared presence in step with this instance's registered connections. */
-function presenceEvents(presence: Presence, instance: string, logger: Logger): SessionEvents {
+/** `events`, plus keeping shared presence in step with this instance's connections. */
+function withPresence(
+  events: SessionEvents,
+  presence: Presence,
+  instance: string,
+  logger: Logger,
+): SessionEvents {
   const failed = (error: unknown) => logger.warn("Presence update failed", { error });
+  const entry = (conn: { userId: string; clientName: string; since: number }) => ({
+    userId: conn.userId,
+    clientName: conn.clientName,
+    since: conn.since,
+    instance,
+  });
   return {
-    registered: (conn) =>
-      presence.add({
-        userId: conn.userId,
-        clientName: conn.clientName,
-        since: conn.since,
-        instance,
-      })
-        .catch(failed),
-    disconnected: (conn) =>
-      presence.remove({
-        userId: conn.userId,
-        clientName: conn.clientName,
-        since: conn.since,
-        instance,
-      }).catch(failed),
+    ...events,
+    registered: (conn) => {
+      events.registered?.(conn);
+      presence.add(entry(conn)).catch(failed);
+    },
+    disconnected: (conn) => {
+      events.disconnected?.(conn);
+      presence.remove(entry(conn)).catch(failed);
+    },
   };
 }

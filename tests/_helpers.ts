@@ -55,7 +55,7 @@ export function testConfig(patch: DeepPartial<ConfigInput> = {}) {
     auth: { users: TEST_USERS },
     storage: { driver: "memory" },
     server: { apiKey: TEST_API_KEY },
-    plugins: { dir: "./tests/no-plugins" },
+    plugins: { dir: "./tests/fixtures/empty" },
     log: { level: "debug" },
   };
   return parseConfig(merge(base, patch as Record<string, unknown>), "test");
@@ -64,6 +64,12 @@ export function testConfig(patch: DeepPartial<ConfigInput> = {}) {
 /** Starts a server on port 0; dispose it with `await using`. */
 export async function startServer(patch: DeepPartial<ConfigInput> = {}): Promise<TestServer> {
   const config = testConfig(patch);
+  // SQLite without a directory: a temporary one, removed with the server.
+  let tempDir: string | undefined;
+  if (config.storage.driver === "sqlite" && patch.storage?.dir === undefined) {
+    tempDir = await Deno.makeTempDir({ prefix: "im-test-data-" });
+    config.storage.dir = tempDir;
+  }
   const logs: LogLine[] = [];
   const logger = createLogger({
     level: "debug",
@@ -99,6 +105,7 @@ export async function startServer(patch: DeepPartial<ConfigInput> = {}): Promise
     async [Symbol.asyncDispose]() {
       for (const client of clients) await client.close();
       await server.close();
+      if (tempDir) await Deno.remove(tempDir, { recursive: true });
     },
   };
 }

@@ -301,7 +301,7 @@ async function spawnInstance(redisUrl: string, dir: string) {
       websocket: { url: "127.0.0.1", port: 0 },
       auth: { users: TEST_USERS },
       storage: { driver: "memory" },
-      plugins: { dir: "./tests/no-plugins" },
+      plugins: { dir: "./tests/fixtures/empty" },
       cluster: { redisUrl },
       log: { level: "warn" },
     }),
@@ -310,7 +310,7 @@ async function spawnInstance(redisUrl: string, dir: string) {
     args: ["run", "-A", "main.ts", "--config", configPath],
     stdin: "null",
     stdout: "piped",
-    stderr: "null",
+    stderr: "inherit",
   }).spawn();
   // Drain stdout to the end, and resolve the URL from the "listening on" line.
   const listening = Promise.withResolvers<string>();

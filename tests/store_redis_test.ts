@@ -5,6 +5,24 @@ import { MemoryStore } from "../src/backends/store_memory.ts";
 import { RedisStore } from "../src/backends/store_redis.ts";
 import { connectRedis } from "../src/backends/redis.ts";
 import { createLogger, type Logger } from "../src/log.ts";
+import { storeConformance } from "./store_conformance.ts";
+
+if (SKIP_REASON === undefined) {
+  storeConformance("RedisStore", async (options) => {
+    const redis = await RedisServer.start();
+    const client = await connectRedis(redis.url, { logger: options.logger, name: "test" });
+    const store = new RedisStore(client, options);
+    return {
+      store,
+      async cleanup() {
+        await store.close();
+        await redis.kill();
+      },
+    };
+  });
+} else {
+  Deno.test({ name: "RedisStore keeps every MessageStore guarantee", ignore: true, fn() {} });
+}
 
 interface Opened {
   store: MessageStore;

@@ -12,6 +12,7 @@ import type { Logger } from "../log.ts";
 import { MemoryBroker } from "./broker_memory.ts";
 import { MemorySessionStore } from "./sessions_memory.ts";
 import { MemoryStore } from "./store_memory.ts";
+import { openSqliteStore } from "./store_sqlite.ts";
 import { openRedisBackends } from "./cluster.ts";
 
 /** The backends of one server instance. */
@@ -23,20 +24,23 @@ export interface Backends {
   presence?: Presence;
 }
 
-/** Opens the backends the configuration names. */
-export function openBackends(config: Config, logger: Logger): Promise<Backends> {
-  if (config.cluster.redisUrl) return openRedisBackends(config, logger);
-  const store = new MemoryStore({
+/** Opens the message store `storage.driver` names. */
+function openStore(config: Config, logger: Logger): Promise<MessageStore> {
+  const options = {
     maxPerUser: config.storage.maxPerUser,
     retentionDays: config.storage.retentionDays,
     logger: logger.child("store"),
-  });
-  if (config.storage.driver === "sqlite") {
-    logger.warn("storage.driver sqlite is not available yet: using memory");
-  }
-  return Promise.resolve({
-    store,
+  };
+  if (config.storage.driver === "memory") return Promise.resolve(new MemoryStore(options));
+  return openSqliteStore({ ...options, dir: config.storage.dir });
+}
+
+/** Opens the backends the configuration names. */
+export async function openBackends(config: Config, logger: Logger): Promise<Backends> {
+  if (config.cluster.redisUrl) return await openRedisBackends(config, logger);
+  return {
+    store: await openStore(config, logger),
     broker: new MemoryBroker(),
     sessions: new MemorySessionStore(config.auth.sessionTtlSeconds),
-  });
+  };
 }

@@ -2,6 +2,11 @@
  * In-memory {@link MessageStore}: fast, bounded per user, lost on restart.
  * For tests and throwaway runs (`storage.driver: memory`).
  *
+ * Layout: one record per message, and per recipient an insertion-ordered map
+ * from message key to delivery state. A message goes when no recipient holds
+ * it any more (acknowledged messages stay, for duplicate detection and
+ * history, until the per-user cap or the retention period drops them).
+ *
  * @module
  */
 import type {
@@ -19,8 +24,8 @@ import type { Logger } from "../log.ts";
 interface Record extends StoredMessage {
   seq: number;
   recipients: string[];
-  /** Delivery state per recipient still holding the message. */
-  states: Map<string, DeliveryState>;
+  /** Recipients still holding the message. */
+  holders: number;
 }
 
 /** Options of {@link MemoryStore}. */
@@ -40,8 +45,8 @@ export class MemoryStore implements MessageStore {
   #seq = 0;
   /** Every kept message by key, in acceptance order. */
   #messages = new Map<string, Record>();
-  /** Per recipient: keys of the messages kept for them, in acceptance order. */
-  #inbox = new Map<string, Set<string>>();
+  /** Per recipient: message key → delivery state, in acceptance order. */
+  #inbox = new Map<string, Map<string, DeliveryState>>();
   #pending = 0;
   #maxPerUser: number;
   #retentionMs: number;
@@ -56,7 +61,7 @@ export class MemoryStore implements MessageStore {
   accept(message: NewMessage): Promise<AcceptResult> {
     const key = keyOf(message.sender, message.id);
     if (this.#messages.has(key)) return Promise.resolve({ duplicate: true });
-    const record: Record = {
+    this.#messages.set(key, {
       seq: ++this.#seq,
       sender: message.sender,
       id: message.id,
@@ -64,25 +69,22 @@ export class MemoryStore implements MessageStore {
       text: message.text,
       acceptedAt: message.acceptedAt,
       recipients: message.recipients,
-      states: new Map(),
-    };
-    this.#messages.set(key, record);
+      holders: message.recipients.length,
+    });
     for (const user of message.recipients) {
-      record.states.set(user, "pending");
-      this.#pending++;
       let inbox = this.#inbox.get(user);
-      if (!inbox) this.#inbox.set(user, inbox = new Set());
-      inbox.add(key);
+      if (!inbox) this.#inbox.set(user, inbox = new Map());
+      inbox.set(key, "pending");
+      this.#pending++;
       if (inbox.size > this.#maxPerUser) this.#dropOldest(user, inbox);
     }
     return Promise.resolve({ duplicate: false });
   }
 
-  #dropOldest(user: string, inbox: Set<string>) {
-    const oldest = inbox.values().next().value as string;
-    const record = this.#messages.get(oldest)!;
-    const state = record.states.get(user);
+  #dropOldest(user: string, inbox: Map<string, DeliveryState>) {
+    const [oldest, state] = inbox.entries().next().value as [string, DeliveryState];
     if (state !== "acknowledged") {
+      const record = this.#messages.get(oldest)!;
       this.#logger?.warn("Per-user cap reached: dropped an unacknowledged message", {
         user,
         sender: record.sender,
@@ -90,44 +92,49 @@ export class MemoryStore implements MessageStore {
         maxPerUser: this.#maxPerUser,
       });
     }
-    this.#forget(user, oldest, record);
+    this.#forget(user, oldest);
   }
 
   /** Removes `user`'s hold on a message; the message goes when nobody holds it. */
-  #forget(user: string, key: string, record: Record) {
-    if (record.states.get(user) !== "acknowledged") this.#pending--;
-    record.states.delete(user);
+  #forget(user: string, key: string) {
     const inbox = this.#inbox.get(user);
-    inbox?.delete(key);
-    if (inbox?.size === 0) this.#inbox.delete(user);
-    if (record.states.size === 0) this.#messages.delete(key);
+    const state = inbox?.get(key);
+    if (state === undefined) return;
+    if (state !== "acknowledged") this.#pending--;
+    inbox!.delete(key);
+    if (inbox!.size === 0) this.#inbox.delete(user);
+    const record = this.#messages.get(key);
+    if (record && --record.holders === 0) this.#messages.delete(key);
   }
 
   unacknowledged(userId: string): Promise<StoredMessage[]> {
     const result: StoredMessage[] = [];
-    for (const key of this.#inbox.get(userId) ?? []) {
-      const record = this.#messages.get(key)!;
-      if (record.states.get(userId) === "acknowledged") continue;
-      const { sender, id, type, text, acceptedAt } = record;
+    for (const [key, state] of this.#inbox.get(userId) ?? []) {
+      if (state === "acknowledged") continue;
+      const { sender, id, type, text, acceptedAt } = this.#messages.get(key)!;
       result.push({ sender, id, type, text, acceptedAt });
     }
     return Promise.resolve(result);
   }
 
   markDelivered(userId: string, keys: MessageKey[]): Promise<void> {
-    for (const { sender, id } of keys) {
-      const record = this.#messages.get(keyOf(sender, id));
-      if (record?.states.get(userId) === "pending") record.states.set(userId, "delivered");
+    const inbox = this.#inbox.get(userId);
+    if (inbox) {
+      for (const { sender, id } of keys) {
+        const key = keyOf(sender, id);
+        if (inbox.get(key) === "pending") inbox.set(key, "delivered");
+      }
     }
     return Promise.resolve();
   }
 
   acknowledge(userId: string, { sender, id }: MessageKey): Promise<boolean> {
-    const record = this.#messages.get(keyOf(sender, id));
-    const state = record?.states.get(userId);
-    if (!record || state === undefined) return Promise.resolve(false);
+    const key = keyOf(sender, id);
+    const inbox = this.#inbox.get(userId);
+    const state = inbox?.get(key);
+    if (state === undefined) return Promise.resolve(false);
     if (state !== "acknowledged") {
-      record.states.set(userId, "acknowledged");
+      inbox!.set(key, "acknowledged");
       this.#pending--;
     }
     return Promise.resolve(true);
@@ -135,34 +142,27 @@ export class MemoryStore implements MessageStore {
 
   history(userId: string, peer: string, options: HistoryOptions): Promise<HistoryPage> {
     const before = options.before === undefined ? Infinity : Number(options.before);
-    const matches: Record[] = [];
-    // Messages between the two are in one of their inboxes; walk both, newest first.
-    const keys = new Set([...(this.#inbox.get(userId) ?? []), ...(this.#inbox.get(peer) ?? [])]);
-    for (const key of keys) {
-      const record = this.#messages.get(key)!;
-      if (record.seq >= before) continue;
-      const between = (record.sender === userId && record.states.has(peer)) ||
-        (record.sender === peer && record.states.has(userId));
-      if (between) matches.push(record);
-    }
-    matches.sort((a, b) => b.seq - a.seq);
+    const mine = this.#inbox.get(userId);
+    const theirs = this.#inbox.get(peer);
+    const matches: { record: Record; state: DeliveryState }[] = [];
+    // A message between the two sits in the recipient's inbox: peer's from me, mine from peer.
+    const collect = (inbox: Map<string, DeliveryState> | undefined, from: string) => {
+      for (const [key, state] of inbox ?? []) {
+        const record = this.#messages.get(key)!;
+        if (record.sender === from && record.seq < before) matches.push({ record, state });
+      }
+    };
+    collect(theirs, userId);
+    if (peer !== userId) collect(mine, peer);
+    matches.sort((a, b) => b.record.seq - a.record.seq);
     const page = matches.slice(0, options.limit);
     const more = matches.length > options.limit;
     return Promise.resolve({
-      messages: page.map((record) => {
-        const other = record.sender === userId ? peer : userId;
+      messages: page.map(({ record, state }) => {
         const { sender, id, type, text, acceptedAt, recipients } = record;
-        return {
-          sender,
-          id,
-          type,
-          text,
-          acceptedAt,
-          recipients,
-          state: record.states.get(other) ?? "acknowledged",
-        };
+        return { sender, id, type, text, acceptedAt, recipients, state };
       }),
-      next: more ? String(page[page.length - 1].seq) : undefined,
+      next: more ? String(page[page.length - 1].record.seq) : undefined,
     });
   }
 
@@ -173,12 +173,23 @@ export class MemoryStore implements MessageStore {
   sweep(now: number): Promise<number> {
     const cutoff = now - this.#retentionMs;
     let dropped = 0;
+    let unacknowledged = 0;
     for (const [key, record] of this.#messages) {
       if (record.acceptedAt >= cutoff) break;
-      for (const user of [...record.states.keys()]) this.#forget(user, key, record);
+      for (const user of record.recipients) {
+        const state = this.#inbox.get(user)?.get(key);
+        if (state !== undefined && state !== "acknowledged") unacknowledged++;
+        this.#forget(user, key);
+      }
+      this.#messages.delete(key);
       dropped++;
     }
-    if (dropped > 0) this.#logger?.info("Retention sweep dropped old messages", { dropped });
+    if (dropped > 0) {
+      const fields = { dropped, unacknowledged, retentionDays: this.#retentionMs / 86_400_000 };
+      if (unacknowledged > 0) {
+        this.#logger?.warn("Retention sweep dropped unacknowledged messages", fields);
+      } else this.#logger?.info("Retention sweep dropped old messages", fields);
+    }
     return Promise.resolve(dropped);
   }
 

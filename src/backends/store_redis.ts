@@ -164,22 +164,29 @@ end
 return out
 `;
 
-/** ARGV: cutoff (ms), batch size. Drops messages accepted before cutoff; returns how many. */
+/**
+ * ARGV: cutoff (ms), batch size. Drops messages accepted before cutoff; returns
+ * {messages dropped, unacknowledged (recipient, message) pairs among them}.
+ */
 const SWEEP = PRELUDE + `
 local seqs = redis.call('ZRANGE', P .. 't', '-inf', '(' .. ARGV[1], 'BYSCORE', 'LIMIT', 0,
   tonumber(ARGV[2]))
+local unacked = 0
 for _, seq in ipairs(seqs) do
   local m = P .. 'm:' .. seq
   local v = redis.call('HMGET', m, 'sender', 'id', 'rcpt')
   if v[3] then
-    for _, user in ipairs(cjson.decode(v[3])) do forget(user, seq) end
+    for _, user in ipairs(cjson.decode(v[3])) do
+      local state = forget(user, seq)
+      if state and state ~= 'a' then unacked = unacked + 1 end
+    end
   end
   if v[1] and redis.call('EXISTS', m) == 1 then
     redis.call('DEL', m, P .. 'k:' .. v[1] .. '\\0' .. v[2])
   end
   redis.call('ZREM', P .. 't', seq)
 end
-return #seqs
+return {#seqs, unacked}
 `;
 
 const SCRIPTS = {
@@ -305,12 +312,24 @@ export class RedisStore implements MessageStore {
   async sweep(now: number): Promise<number> {
     const cutoff = String(now - this.#retentionMs);
     let dropped = 0;
+    let unacknowledged = 0;
     while (true) {
-      const count = await this.#eval("SWEEP", [cutoff, String(this.#sweepBatch)]) as number;
+      const [count, unacked] = await this.#eval("SWEEP", [cutoff, String(this.#sweepBatch)]) as [
+        number,
+        number,
+      ];
       dropped += count;
+      unacknowledged += unacked;
       if (count < this.#sweepBatch) break;
     }
-    if (dropped > 0) this.#logger?.info("Retention sweep dropped old messages", { dropped });
+    if (unacknowledged > 0) {
+      this.#logger?.warn("Retention sweep dropped unacknowledged messages", {
+        dropped,
+        unacknowledged,
+      });
+    } else if (dropped > 0) {
+      this.#logger?.info("Retention sweep dropped old messages", { dropped });
+    }
     return dropped;
   }
 

@@ -94,7 +94,11 @@ export interface MessageStore {
   history(userId: string, peer: string, options: HistoryOptions): Promise<HistoryPage>;
   /** Number of unacknowledged (recipient, message) pairs, for metrics. */
   pendingCount(): Promise<number>;
-  /** Drops messages older than the retention period; resolves the number dropped. */
+  /**
+   * Drops messages older than the retention period, and in stores that apply
+   * per-user caps lazily (SQLite) the oldest messages past the cap; resolves
+   * the number dropped. Called by the server every `storage.sweepIntervalMs`.
+   */
   sweep(now: number): Promise<number>;
   /** Flushes and releases the store. */
   close(): Promise<void>;

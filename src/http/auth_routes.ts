@@ -44,6 +44,33 @@ function cookie(request: Request, name: string): string | undefined {
   return undefined;
 }
 
+/** Where a route reads its credential: APP routes or back-office (`/api`) routes. */
+export type CredentialKind = "app" | "api";
+
+/** The credential of a request: a `token` header (APP) or the cookie (api), else a Bearer. */
+export function credentialOf(
+  request: Request,
+  kind: CredentialKind,
+  cookieName: string,
+): string | undefined {
+  const own = kind === "app"
+    ? request.headers.get("token") ?? undefined
+    : cookie(request, cookieName);
+  return own ?? bearer(request);
+}
+
+/** The userId of a request's credential; 401 when it has none that is valid. */
+export async function requireUser(
+  request: Request,
+  kind: CredentialKind,
+  deps: { tokens: TokenService; cookieName: string },
+): Promise<string> {
+  const token = credentialOf(request, kind, deps.cookieName);
+  const userId = token ? await deps.tokens.verify(token) : undefined;
+  if (!userId) throw new HttpError(401, "Log in first: missing or invalid credential");
+  return userId;
+}
+
 /** Adds the login and WebSocket login routes. */
 export function addAuthRoutes(router: Router, deps: AuthRouteDeps): void {
   const login = async (request: Request) => {
@@ -75,29 +102,14 @@ export function addAuthRoutes(router: Router, deps: AuthRouteDeps): void {
     return json({ data: { userId } }, 200, { "set-cookie": cookieValue });
   });
 
-  const wsLogin = (credential: (request: Request) => string | undefined) =>
-  async (
-    request: Request,
-    { params }: { params: Record<string, string | undefined> },
-  ) => {
-    const clientName = params.clientName ?? "";
-    if (!CLIENT_NAME.test(clientName)) {
-      throw new HttpError(400, "clientName must be 1 to 64 characters of A-Z a-z 0-9 _ . -");
-    }
-    const token = credential(request);
-    const userId = token ? await deps.tokens.verify(token) : undefined;
-    if (!userId) throw new HttpError(401, "Log in first: missing or invalid credential");
-    return json({ data: await deps.sessions.issue({ userId, clientName }) });
-  };
-
-  router.add(
-    "GET",
-    "/api/websocket/client/login/:clientName(.*)",
-    wsLogin((request) => cookie(request, deps.cookieName) ?? bearer(request)),
-  );
-  router.add(
-    "GET",
-    "/app/websocket/client/login/:clientName(.*)",
-    wsLogin((request) => request.headers.get("token") ?? bearer(request)),
-  );
+  for (const kind of ["api", "app"] as const) {
+    router.add("GET", `/${kind}/websocket/client/login/:clientName(.*)`, async (request, ctx) => {
+      const clientName = ctx.params.clientName ?? "";
+      if (!CLIENT_NAME.test(clientName)) {
+        throw new HttpError(400, "clientName must be 1 to 64 characters of A-Z a-z 0-9 _ . -");
+      }
+      const userId = await requireUser(request, kind, deps);
+      return json({ data: await deps.sessions.issue({ userId, clientName }) });
+    });
+  }
 }

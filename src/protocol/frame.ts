@@ -72,6 +72,18 @@ export type DecodeResult =
   | { ok: false; id: string; msg: string };
 
 /**
+ * The hot-path form of {@link MessageSchema}: the same rules without building
+ * a copy or issues. `tests/frame_test.ts` checks that the two always agree.
+ */
+function isEnvelope(v: Record<string, unknown>): boolean {
+  const ts = v.timestamp;
+  return typeof v.id === "string" && v.id !== "" && Number.isSafeInteger(v.type) &&
+    typeof v.isSystem === "boolean" && typeof v.from === "string" && typeof v.to === "string" &&
+    typeof v.body === "string" &&
+    (ts === undefined || ts === null || (Number.isSafeInteger(ts) && (ts as number) >= 0));
+}
+
+/**
  * Parses one incoming text frame and checks its envelope (the 401 MESSAGE_ERROR
  * check). On failure it still returns the frame's id when that could be read.
  */
@@ -85,6 +97,12 @@ export function decodeFrame(text: string): DecodeResult {
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
     return { ok: false, id: "", msg: "Frame is not a JSON object" };
   }
+  if (isEnvelope(value as Record<string, unknown>)) {
+    const message = value as Message;
+    if (message.timestamp === null) delete message.timestamp;
+    return { ok: true, message, raw: text };
+  }
+  // Not a valid envelope: let the schema say what is wrong.
   const parsed = MessageSchema.safeParse(value);
   if (!parsed.success) {
     const rawId = (value as { id?: unknown }).id;
@@ -133,17 +151,18 @@ export function statusBody(code: number, msg?: string): string {
   return JSON.stringify({ code, status, msg: msg ?? status });
 }
 
+/** `body` values of 9001 frames with the default msg, already JSON-encoded as strings. */
+const DEFAULT_BODIES = new Map<number, string>();
+
 /** Encodes the 9001 reply to a frame. */
 export function encodeSendStatus(id: string, to: string, code: number, msg?: string): string {
-  return JSON.stringify({
-    id,
-    type: MessageType.SEND_STATUS,
-    isSystem: true,
-    from: SYSTEM,
-    to,
-    body: statusBody(code, msg),
-    timestamp: Date.now(),
-  });
+  let body = msg === undefined ? DEFAULT_BODIES.get(code) : undefined;
+  if (body === undefined) {
+    body = JSON.stringify(statusBody(code, msg));
+    if (msg === undefined) DEFAULT_BODIES.set(code, body);
+  }
+  return `{"id":${JSON.stringify(id)},"type":${MessageType.SEND_STATUS},"isSystem":true,` +
+    `"from":"${SYSTEM}","to":${JSON.stringify(to)},"body":${body},"timestamp":${Date.now()}}`;
 }
 
 /**

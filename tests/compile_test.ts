@@ -1,0 +1,80 @@
+/**
+ * `deno task compile` builds one executable with the server, the console and
+ * the plugins present at compile time. Building needs Deno's base runtime
+ * (denort): it is downloaded from the internet, or taken from DENORT_BIN. This
+ * test runs only where DENORT_BIN points at one.
+ */
+import { assert, assertEquals } from "./_assert.ts";
+import { login, TestClient, wsSession } from "./_helpers.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const denort = Deno.env.get("DENORT_BIN");
+const reason = "DENORT_BIN is not set: deno compile needs a base runtime (denort), and this " +
+  "machine cannot download one";
+if (!denort) console.warn(`compile_test.ts skipped: ${reason}`);
+
+Deno.test({
+  name: "deno task compile builds a binary that serves with its embedded plugins",
+  ignore: !denort,
+  async fn() {
+    const built = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "compile"],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+    const dir = await Deno.makeTempDir();
+    await Deno.writeTextFile(
+      `${dir}/config.yaml`,
+      [
+        "websocket: { port: 0 }",
+        "auth: { users: [{ userId: u1, username: alice, password: alice-pw }] }",
+        "storage: { driver: memory }",
+      ].join("\n"),
+    );
+    const child = new Deno.Command(`${ROOT}dist/im-server`, {
+      cwd: dir,
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let out = "";
+    let url: string | undefined;
+    while (!url) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += value;
+      url = out.match(/listening on (http:\/\/[\d.]+:\d+)/)?.[1];
+    }
+    assert(url, out);
+    const page = await fetch(`${url}/`);
+    assertEquals(page.status, 200, "the console is embedded");
+    await page.body?.cancel();
+    const token = await login(url, "alice", "alice-pw");
+    const client = await TestClient.open(`${url.replace("http", "ws")}/websocket`);
+    const register = await client.request({
+      id: "r",
+      type: 1000,
+      isSystem: false,
+      from: "u1",
+      to: "",
+      body: JSON.stringify({ sessionId: await wsSession(url, token, "bin") }),
+    });
+    assertEquals(register.code, 200);
+    const echo = await client.request({
+      id: "e",
+      type: 5999,
+      isSystem: false,
+      from: "u1",
+      to: "u1",
+      body: "embedded",
+    });
+    assertEquals(echo.code, 200, "the echo plugin was embedded and loaded");
+    await client.close();
+    child.kill("SIGTERM");
+    assertEquals((await child.status).code, 0);
+    await reader.cancel();
+    await Deno.remove(dir, { recursive: true });
+  },
+});

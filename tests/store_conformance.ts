@@ -1,0 +1,358 @@
+/**
+ * The one conformance suite every {@link MessageStore} passes: each guarantee
+ * of `src/core/store.ts` is a step. A backend's test file calls
+ * {@link storeConformance} with a function that opens a fresh, empty store.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import type { MessageStore, NewMessage } from "../src/core/store.ts";
+import type { Logger, LogLevel } from "../src/log.ts";
+
+/** Options a conformance step opens its store with. */
+export interface StoreTestOptions {
+  /** Messages kept per recipient. */
+  maxPerUser: number;
+  /** Days a message is kept. */
+  retentionDays: number;
+  /** Receives the store's log lines. */
+  logger: Logger;
+}
+
+/** A store opened for one step, and how to get rid of it. */
+export interface OpenedStore {
+  store: MessageStore;
+  /** Closes the store if still open and removes whatever it left behind. */
+  cleanup(): Promise<void>;
+}
+
+/** A logged line as captured by {@link captureLogger}. */
+export interface LogLine {
+  level: LogLevel;
+  msg: string;
+  fields?: Record<string, unknown>;
+}
+
+/** A logger that keeps its lines in `lines`. */
+export function captureLogger(lines: LogLine[] = []): Logger & { lines: LogLine[] } {
+  const at = (level: LogLevel) => (msg: string, fields?: Record<string, unknown>) => {
+    lines.push({ level, msg, fields });
+  };
+  const logger: Logger & { lines: LogLine[] } = {
+    lines,
+    debug: at("debug"),
+    info: at("info"),
+    warn: at("warn"),
+    error: at("error"),
+    child: () => logger,
+  };
+  return logger;
+}
+
+const DAY = 86_400_000;
+
+/** A message from `sender` with id `id` to `recipients`. */
+export function message(
+  sender: string,
+  id: string,
+  recipients: string[],
+  acceptedAt = Date.now(),
+): NewMessage {
+  return {
+    sender,
+    id,
+    type: 2001,
+    recipients,
+    text: JSON.stringify({ type: 2001, id, from: sender, to: recipients }),
+    acceptedAt,
+  };
+}
+
+const keys = (list: { sender: string; id: string }[]) => list.map((m) => `${m.sender}/${m.id}`);
+
+/**
+ * Registers the conformance test of a store named `name`; `open` gives a fresh,
+ * empty store for each step.
+ */
+export function storeConformance(
+  name: string,
+  open: (options: StoreTestOptions) => Promise<OpenedStore>,
+): void {
+  Deno.test(`${name} keeps every MessageStore guarantee`, async (t) => {
+    /** Runs `fn` as a step against a fresh store. */
+    const step = (
+      title: string,
+      fn: (store: MessageStore, log: LogLine[]) => Promise<void>,
+      options: Partial<Omit<StoreTestOptions, "logger">> = {},
+    ) =>
+      t.step(title, async () => {
+        const logger = captureLogger();
+        const { store, cleanup } = await open({
+          maxPerUser: options.maxPerUser ?? 10000,
+          retentionDays: options.retentionDays ?? 30,
+          logger,
+        });
+        try {
+          await fn(store, logger.lines);
+        } finally {
+          await cleanup();
+        }
+      });
+
+    await step("accept() stores a message and answers a repeat as duplicate", async (store) => {
+      const first = message("alice", "m1", ["bob"]);
+      assert.deepEqual(await store.accept(first), { duplicate: false });
+      const repeat = { ...first, text: "changed", recipients: ["bob", "carol"] };
+      assert.deepEqual(await store.accept(repeat), { duplicate: true });
+      assert.deepEqual(await store.accept(message("carol", "m1", ["bob"])), { duplicate: false });
+      const { sender, id, type, text, acceptedAt } = first;
+      const [stored] = await store.unacknowledged("bob");
+      assert.deepEqual({ ...stored }, { sender, id, type, text, acceptedAt });
+      assert.deepEqual(await store.unacknowledged("carol"), []);
+      assert.equal(await store.pendingCount(), 2);
+    });
+
+    await step("accept() finds duplicates within one batch", async (store) => {
+      const m = message("alice", "m1", ["bob"]);
+      const results = await Promise.all([
+        store.accept(m),
+        store.accept(m),
+        store.accept(message("alice", "m2", ["bob"])),
+        store.accept({ ...m, text: "other" }),
+      ]);
+      assert.deepEqual(results.map((r) => r.duplicate), [false, true, false, true]);
+      assert.deepEqual(keys(await store.unacknowledged("bob")), ["alice/m1", "alice/m2"]);
+      assert.equal((await store.unacknowledged("bob"))[0].text, m.text);
+    });
+
+    await step(
+      "accept() still answers duplicate once the message is acknowledged",
+      async (store) => {
+        const m = message("alice", "m1", ["bob"]);
+        await store.accept(m);
+        assert.equal(await store.acknowledge("bob", m), true);
+        assert.deepEqual(await store.accept(m), { duplicate: true });
+        assert.deepEqual(await store.unacknowledged("bob"), []);
+        assert.equal(await store.pendingCount(), 0);
+      },
+    );
+
+    await step("concurrent accepts resolve in call order", async (store) => {
+      const order: number[] = [];
+      // Calls 600..999 repeat calls 0..399 (same sender, same id): duplicates.
+      const calls = Array.from(
+        { length: 1000 },
+        (_, i) =>
+          store.accept(message(`s${i % 3}`, `m${i % 600}`, [`u${i % 4}`]))
+            .then((result) => {
+              order.push(i);
+              return result.duplicate;
+            }),
+      );
+      const duplicates = await Promise.all(calls);
+      assert.deepEqual(order, Array.from({ length: 1000 }, (_, i) => i));
+      assert.deepEqual(duplicates, Array.from({ length: 1000 }, (_, i) => i >= 600));
+      assert.equal(await store.pendingCount(), 600);
+    });
+
+    await step(
+      "unacknowledged() lists messages in acceptance order across senders",
+      async (store) => {
+        const accepted: string[] = [];
+        const calls: Promise<unknown>[] = [];
+        for (let i = 0; i < 300; i++) {
+          const sender = `sender${(i * 7) % 13}`;
+          const recipients = i % 5 === 0 ? ["carol", "dave"] : ["dave"];
+          calls.push(store.accept(message(sender, `m${i}`, recipients)));
+          accepted.push(`${sender}/m${i}`);
+          if (i % 50 === 0) await Promise.all(calls);
+        }
+        await Promise.all(calls);
+        const all = await store.unacknowledged("dave");
+        assert.deepEqual(keys(all), accepted);
+        assert.deepEqual(
+          keys(await store.unacknowledged("carol")),
+          accepted.filter((_, i) => i % 5 === 0),
+        );
+        // Delivered messages are still unacknowledged; acknowledged ones leave the list.
+        await store.markDelivered("dave", all.slice(0, 100));
+        for (const m of all.filter((_, i) => i % 3 === 0)) {
+          assert.equal(await store.acknowledge("dave", m), true);
+        }
+        assert.deepEqual(
+          keys(await store.unacknowledged("dave")),
+          accepted.filter((_, i) => i % 3 !== 0),
+        );
+        assert.deepEqual(await store.unacknowledged("nobody"), []);
+      },
+    );
+
+    await step("reads see the writes made before them", async (store) => {
+      const m = message("alice", "m1", ["bob"]);
+      const accepted = store.accept(m);
+      assert.deepEqual(keys(await store.unacknowledged("bob")), ["alice/m1"]);
+      assert.equal(await store.pendingCount(), 1);
+      const acked = store.acknowledge("bob", m);
+      assert.deepEqual(await store.unacknowledged("bob"), []);
+      const page = await store.history("bob", "alice", { limit: 10 });
+      assert.equal(page.messages[0].state, "acknowledged");
+      assert.deepEqual(await accepted, { duplicate: false });
+      assert.equal(await acked, true);
+    });
+
+    await step("acknowledge() right after accept() sees the message", async (store) => {
+      const m = message("alice", "m1", ["bob"]);
+      const [accepted, acked] = await Promise.all([
+        store.accept(m),
+        store.acknowledge("bob", m),
+      ]);
+      assert.deepEqual(accepted, { duplicate: false });
+      assert.equal(acked, true);
+      assert.equal(await store.pendingCount(), 0);
+    });
+
+    await step(
+      "acknowledge() answers false unless the message is addressed to the user",
+      async (store) => {
+        const m = message("alice", "m1", ["bob", "carol"]);
+        await store.accept(m);
+        assert.equal(await store.acknowledge("bob", { sender: "alice", id: "nope" }), false);
+        assert.equal(await store.acknowledge("bob", { sender: "mallory", id: "m1" }), false);
+        assert.equal(await store.acknowledge("alice", m), false, "the sender is no recipient");
+        assert.equal(await store.acknowledge("dave", m), false);
+        assert.equal(await store.pendingCount(), 2);
+        assert.equal(await store.acknowledge("bob", m), true);
+        assert.equal(await store.acknowledge("bob", m), true, "idempotent");
+        assert.equal(await store.pendingCount(), 1);
+        assert.deepEqual(keys(await store.unacknowledged("carol")), ["alice/m1"]);
+        assert.deepEqual(await store.unacknowledged("bob"), []);
+      },
+    );
+
+    await step("markDelivered() moves pending to delivered, never back", async (store) => {
+      const [m1, m2, m3] = ["m1", "m2", "m3"].map((id) => message("alice", id, ["bob"]));
+      for (const m of [m1, m2, m3]) await store.accept(m);
+      await store.acknowledge("bob", m3);
+      await store.markDelivered("bob", [m1, m3, { sender: "alice", id: "unknown" }]);
+      await store.markDelivered("carol", [m2]);
+      const states = async () =>
+        Object.fromEntries(
+          (await store.history("bob", "alice", { limit: 10 })).messages.map((m) => [m.id, m.state]),
+        );
+      assert.deepEqual(await states(), { m1: "delivered", m2: "pending", m3: "acknowledged" });
+      await store.markDelivered("bob", [m1, m2]);
+      assert.deepEqual(await states(), { m1: "delivered", m2: "delivered", m3: "acknowledged" });
+      assert.equal(await store.pendingCount(), 2, "delivered is still unacknowledged");
+      assert.deepEqual(keys(await store.unacknowledged("bob")), ["alice/m1", "alice/m2"]);
+    });
+
+    await step("history() pages newest first between two users, with states", async (store) => {
+      await store.accept(message("alice", "a1", ["bob"]));
+      await store.accept(message("bob", "b1", ["alice"]));
+      await store.accept(message("alice", "c1", ["carol"]));
+      await store.accept(message("carol", "c2", ["bob"]));
+      await store.accept(message("alice", "g1", ["bob", "carol"]));
+      await store.accept(message("bob", "b2", ["alice", "carol"]));
+      await store.accept(message("alice", "a2", ["bob"]));
+      await store.markDelivered("bob", [{ sender: "alice", id: "a1" }]);
+      await store.acknowledge("bob", { sender: "alice", id: "a2" });
+      await store.acknowledge("alice", { sender: "bob", id: "b1" });
+
+      const ids: string[] = [];
+      const states: string[] = [];
+      let before: string | undefined;
+      let pages = 0;
+      do {
+        const page = await store.history("alice", "bob", { limit: 2, before });
+        assert.ok(page.messages.length <= 2);
+        for (const m of page.messages) {
+          ids.push(m.id);
+          states.push(m.state);
+        }
+        before = page.next;
+        pages++;
+      } while (before !== undefined && pages < 10);
+      assert.deepEqual(ids, ["a2", "b2", "g1", "b1", "a1"]);
+      assert.deepEqual(states, ["acknowledged", "pending", "pending", "acknowledged", "delivered"]);
+      assert.equal(pages, 3);
+
+      const fromBob = await store.history("bob", "alice", { limit: 10 });
+      assert.deepEqual(fromBob.messages.map((m) => m.id), ["a2", "b2", "g1", "b1", "a1"]);
+      assert.equal(fromBob.next, undefined);
+      const group = fromBob.messages.find((m) => m.id === "g1")!;
+      assert.deepEqual(group.recipients, ["bob", "carol"]);
+      assert.equal(group.sender, "alice");
+      assert.equal(group.type, 2001);
+      assert.equal(group.text, message("alice", "g1", ["bob", "carol"]).text);
+
+      const exact = await store.history("alice", "bob", { limit: 5 });
+      assert.equal(exact.messages.length, 5);
+      assert.equal(exact.next, undefined, "no cursor when nothing older is left");
+      assert.deepEqual(
+        (await store.history("carol", "alice", { limit: 10 })).messages.map((m) => m.id),
+        ["g1", "c1"],
+      );
+      assert.deepEqual((await store.history("alice", "dave", { limit: 10 })).messages, []);
+    });
+
+    await step("pendingCount() counts unacknowledged (recipient, message) pairs", async (store) => {
+      assert.equal(await store.pendingCount(), 0);
+      await store.accept(message("alice", "m1", ["bob", "carol", "dave"]));
+      await store.accept(message("alice", "m2", ["bob"]));
+      await store.accept(message("alice", "m2", ["bob"]));
+      assert.equal(await store.pendingCount(), 4);
+      await store.markDelivered("bob", [{ sender: "alice", id: "m1" }]);
+      assert.equal(await store.pendingCount(), 4);
+      await store.acknowledge("carol", { sender: "alice", id: "m1" });
+      await store.acknowledge("carol", { sender: "alice", id: "m1" });
+      assert.equal(await store.pendingCount(), 3);
+    });
+
+    await step("the per-user cap drops the oldest messages and logs it", async (store, log) => {
+      const now = Date.now();
+      for (let i = 0; i < 8; i++) {
+        await store.accept(message("alice", `m${i}`, i === 1 ? ["bob", "carol"] : ["bob"], now));
+      }
+      await store.acknowledge("bob", { sender: "alice", id: "m0" });
+      await store.accept(message("alice", "x", ["carol"], now));
+      await store.sweep(now); // stores that cap lazily do it here
+      const expected = ["m3", "m4", "m5", "m6", "m7"].map((id) => `alice/${id}`);
+      assert.deepEqual(keys(await store.unacknowledged("bob")), expected);
+      assert.deepEqual(keys(await store.unacknowledged("carol")), ["alice/m1", "alice/x"]);
+      assert.equal(await store.pendingCount(), 7);
+      const history = await store.history("bob", "alice", { limit: 100 });
+      assert.deepEqual(history.messages.map((m) => m.id), ["m7", "m6", "m5", "m4", "m3"]);
+      assert.ok(
+        log.some((line) => line.level === "warn" && JSON.stringify(line.fields).includes("bob")),
+        "a warn line names the user whose unacknowledged messages were dropped",
+      );
+      // m1 is still kept for carol, so it is still a duplicate; m0 and m2 are gone.
+      assert.deepEqual(await store.accept(message("alice", "m1", ["bob"])), { duplicate: true });
+      assert.deepEqual(await store.accept(message("alice", "m2", ["bob"])), { duplicate: false });
+    }, { maxPerUser: 5 });
+
+    await step("sweep() drops messages older than the retention period", async (store, log) => {
+      const now = Date.now();
+      for (let i = 0; i < 3; i++) {
+        await store.accept(message("alice", `old${i}`, ["bob", "carol"], now - 3 * DAY + i));
+      }
+      for (let i = 0; i < 2; i++) {
+        await store.accept(message("alice", `new${i}`, ["bob"], now - DAY + i));
+      }
+      await store.acknowledge("bob", { sender: "alice", id: "old0" });
+      assert.equal(await store.pendingCount(), 7);
+      assert.equal(await store.sweep(now), 3);
+      assert.deepEqual(keys(await store.unacknowledged("bob")), ["alice/new0", "alice/new1"]);
+      assert.deepEqual(await store.unacknowledged("carol"), []);
+      assert.equal(await store.pendingCount(), 2);
+      assert.equal(await store.acknowledge("bob", { sender: "alice", id: "old1" }), false);
+      assert.equal((await store.history("bob", "alice", { limit: 10 })).messages.length, 2);
+      assert.ok(
+        log.some((line) => line.level === "warn"),
+        "dropping unacknowledged messages is logged as a warning",
+      );
+      assert.equal(await store.sweep(now), 0);
+      assert.deepEqual(await store.accept(message("alice", "old1", ["bob"])), { duplicate: false });
+    }, { retentionDays: 2 });
+  });
+}
