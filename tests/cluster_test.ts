@@ -8,6 +8,7 @@ import {
   type Frame,
   login,
   startServer,
+  TEST_API_KEY,
   TEST_USERS,
   TestClient,
   type TestServer,
@@ -409,10 +410,23 @@ Deno.test({
         assert(reply.msg.includes("unavailable"), reply.msg);
         const receipt = await bob.receipt({ id: "before-1", from: "u1" });
         assertEquals(receipt.code, 400);
-        // The server still answers HTTP.
+        // The server still answers HTTP; routes that need Redis answer 503 with the reason.
         const health = await fetch(`${a.url}/healthz`);
         assertEquals(health.status, 200);
         await health.body?.cancel();
+        const token = await login(a.url, "carol", "carol-pw");
+        const session = await fetch(`${a.url}/app/websocket/client/login/web`, {
+          headers: { token },
+        });
+        assertEquals(session.status, 503);
+        assert((await session.json()).msg.includes("unavailable"));
+        const push = await fetch(`${b.url}/server/messages`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${TEST_API_KEY}`, "content-type": "application/json" },
+          body: JSON.stringify({ type: 2001, to: "u2", body: "from the backend" }),
+        });
+        assertEquals(push.status, 503);
+        assert((await push.json()).msg.includes("unavailable"));
       });
 
       await t.step("after Redis returns, sends, delivery and registers work again", async () => {
