@@ -454,3 +454,38 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "cluster: presence catches up with connections that came and went while Redis was away",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "im-presence-" });
+    await using redis = await RedisServer.start({ aofDir: dir });
+    const logger = quietLogger();
+    const presence = new RedisPresence(await connectRedis(redis.url, { logger, name: "p" }), {
+      logger,
+      heartbeatMs: 3_600_000,
+    });
+    try {
+      const gone = { userId: "u2", clientName: "web", since: Date.now(), instance: "i1" };
+      await presence.add(gone);
+      await redis.kill();
+      const came = { userId: "u1", clientName: "web", since: Date.now(), instance: "i1" };
+      let failures = 0;
+      await presence.add(came).catch(() => failures++);
+      await presence.remove(gone).catch(() => failures++);
+      assertEquals(failures, 2, "both fail while Redis is down");
+      await redis.restart();
+      const online = await eventually(async () => {
+        await presence.heartbeat();
+        const users = await presence.onlineUsers();
+        return users.join() === "u1" ? users : undefined;
+      }, "the next heartbeat replays the add and the remove");
+      assertEquals(online, ["u1"]);
+    } finally {
+      await presence.close();
+      await redis.kill();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -144,6 +144,8 @@ export class RedisPresence implements Presence {
   #timer: ReturnType<typeof setInterval>;
   /** The entries this instance added, to renew them if Redis lost them. */
   #local = new Map<string, PresenceEntry>();
+  /** Adds and removes that failed (Redis was away), retried by the next heartbeat. */
+  #unsynced = new Map<string, { entry: PresenceEntry; added: boolean }>();
   #beating?: Promise<void>;
 
   /** Takes ownership of `client` (closed by {@link close}). */
@@ -158,8 +160,15 @@ export class RedisPresence implements Presence {
   }
 
   async add(entry: PresenceEntry): Promise<void> {
-    this.#local.set(localKey(entry), entry);
-    await this.#add(entry, false);
+    const key = localKey(entry);
+    this.#local.set(key, entry);
+    this.#unsynced.delete(key);
+    try {
+      await this.#add(entry, false);
+    } catch (error) {
+      this.#unsynced.set(key, { entry, added: true });
+      throw error;
+    }
   }
 
   async #add(entry: PresenceEntry, onlyIfAbsent: boolean): Promise<void> {
@@ -176,7 +185,19 @@ export class RedisPresence implements Presence {
 
   async remove(entry: PresenceEntry): Promise<void> {
     const key = localKey(entry);
-    if (this.#local.get(key)?.instance === entry.instance) this.#local.delete(key);
+    if (this.#local.get(key)?.instance === entry.instance) {
+      this.#local.delete(key);
+      this.#unsynced.delete(key);
+    }
+    try {
+      await this.#remove(entry);
+    } catch (error) {
+      if (!this.#local.has(key)) this.#unsynced.set(key, { entry, added: false });
+      throw error;
+    }
+  }
+
+  async #remove(entry: PresenceEntry): Promise<void> {
     await this.#scripts.run("REMOVE", [entry.userId, entry.clientName, entry.instance]);
   }
 
@@ -209,8 +230,9 @@ export class RedisPresence implements Presence {
   }
 
   /**
-   * Renews this instance's entries and removes those of instances whose
-   * heartbeat stopped. Runs on a timer; exposed for tests.
+   * Renews this instance's entries, removes those of instances whose
+   * heartbeat stopped, and retries the adds and removes that failed while
+   * Redis was away. Runs on a timer; exposed for tests.
    */
   async heartbeat(): Promise<void> {
     const instances = new Set([...this.#local.values()].map((entry) => entry.instance));
@@ -219,11 +241,17 @@ export class RedisPresence implements Presence {
         String(this.#ttlMs),
         ...instances,
       ]) as string[];
-      if (lost.length === 0) return;
-      // Our instance had expired (a long outage, or Redis lost its data): add our entries again.
-      this.#logger.warn("Presence entries had expired: adding them again", { instances: lost });
-      for (const entry of this.#local.values()) {
-        if (lost.includes(entry.instance)) await this.#add(entry, true);
+      if (lost.length > 0) {
+        // Our instance had expired (a long outage, or Redis lost its data): add our entries again.
+        this.#logger.warn("Presence entries had expired: adding them again", { instances: lost });
+        for (const entry of this.#local.values()) {
+          if (lost.includes(entry.instance)) await this.#add(entry, true);
+        }
+      }
+      for (const [key, { entry, added }] of this.#unsynced) {
+        if (added) await this.#add(entry, true);
+        else await this.#remove(entry);
+        this.#unsynced.delete(key);
       }
     } catch (error) {
       this.#logger.debug("Presence heartbeat failed", { error });
@@ -234,13 +262,12 @@ export class RedisPresence implements Presence {
     clearInterval(this.#timer);
     await this.#beating;
     try {
-      for (const entry of this.#local.values()) {
-        await this.#scripts.run("REMOVE", [entry.userId, entry.clientName, entry.instance]);
-      }
+      for (const entry of this.#local.values()) await this.#remove(entry);
     } catch (error) {
       this.#logger.debug("Presence cleanup failed: entries expire with the heartbeat", { error });
     }
     this.#local.clear();
+    this.#unsynced.clear();
     await closeRedis(this.#client);
   }
 }

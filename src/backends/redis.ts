@@ -27,6 +27,9 @@ export interface RedisConnectOptions {
 /** Key prefix of every key the cluster backends write. */
 export const KEY_PREFIX = "im:";
 
+/** When each client's pending reconnect attempt is due. */
+const retries = new WeakMap<RedisClient, { until: number }>();
+
 /**
  * Opens a client and waits until it is ready (it keeps retrying while Redis is
  * not reachable, logging the first failure).
@@ -34,7 +37,7 @@ export const KEY_PREFIX = "im:";
  * Commands sent while the connection is down reject at once
  * (`disableOfflineQueue`): no unbounded queue builds up during an outage, and
  * callers answer their clients quickly. The client reconnects by itself with a
- * capped backoff and re-subscribes its channels.
+ * capped backoff (50 ms doubling up to `maxRetryDelayMs`).
  */
 export async function connectRedis(
   url: string,
@@ -75,9 +78,6 @@ export async function connectRedis(
   await client.connect();
   return client;
 }
-
-/** When each client's pending reconnect attempt is due. */
-const retries = new WeakMap<RedisClient, { until: number }>();
 
 /**
  * Closes a client: waits for its replies when connected, drops it otherwise.
