@@ -8,7 +8,11 @@
  * ```
  *
  * Environment: `IM_CONFIG` (config path), `IM_HOST` and `IM_PORT` (override
- * `websocket.url` and `websocket.port`).
+ * `websocket.url` and `websocket.port`), `IM_API_KEYS` (`name1:key1,name2:key2`,
+ * added to `server.apiKeys`).
+ *
+ * SIGINT or SIGTERM stops the server gracefully and exits 0; when that takes
+ * longer than `server.shutdownSeconds`, it exits 1. A second signal exits 1 at once.
  *
  * @module
  */
@@ -17,6 +21,7 @@ import { ConfigError, loadConfig } from "./src/config/load.ts";
 import { createServer } from "./src/server.ts";
 import { hashPassword } from "./src/auth/password.ts";
 import { createLogger } from "./src/log.ts";
+import { ApiKeySchema } from "./src/config/schema.ts";
 
 const USAGE = `Usage:
   main.ts [--config FILE]        start the server (default ./config.yaml, or $IM_CONFIG)
@@ -37,6 +42,24 @@ function env(name: string): string | undefined {
   } catch {
     return undefined; // Not granted: treat as unset.
   }
+}
+
+/** Parses `IM_API_KEYS` (`name1:key1,name2:key2`); an error message names the entry, never the key. */
+export function parseApiKeys(text: string): { name: string; key: string }[] | string {
+  const keys = [];
+  for (const [index, entry] of text.split(",").entries()) {
+    if (entry.trim() === "") continue;
+    const colon = entry.indexOf(":");
+    const name = colon < 0 ? "" : entry.slice(0, colon).trim();
+    const parsed = ApiKeySchema.safeParse({ name, key: entry.slice(colon + 1).trim() });
+    if (colon < 0 || !parsed.success) {
+      const why = colon < 0 ? "expected name:key" : parsed.error!.issues
+        .map((issue) => `${issue.path.join(".")} ${issue.message}`).join(", ");
+      return `Invalid IM_API_KEYS entry ${index + 1}${name ? ` ("${name}")` : ""}: ${why}`;
+    }
+    keys.push(parsed.data);
+  }
+  return keys;
 }
 
 async function main(args: string[]): Promise<number> {
@@ -83,6 +106,15 @@ async function main(args: string[]): Promise<number> {
     config.websocket.port = value;
   }
   config.websocket.url = env("IM_HOST") ?? config.websocket.url;
+  const envKeys = env("IM_API_KEYS");
+  if (envKeys !== undefined) {
+    const keys = parseApiKeys(envKeys);
+    if (typeof keys === "string") {
+      console.error(keys);
+      return 1;
+    }
+    config.server.apiKeys.push(...keys);
+  }
 
   const logger = createLogger(config.log);
   let server;
@@ -93,15 +125,34 @@ async function main(args: string[]): Promise<number> {
     return 1;
   }
   console.log(`listening on ${server.url}`);
-  const stopped = Promise.withResolvers<void>();
-  const stop = () => {
-    logger.info("Shutting down");
-    server.close().then(() => stopped.resolve());
+  const stopped = Promise.withResolvers<number>();
+  let stopping = false;
+  const stop = (signal: Deno.Signal) => () => {
+    if (stopping) {
+      logger.error(`${signal} during shutdown: exiting now`);
+      stopped.resolve(1);
+      return;
+    }
+    stopping = true;
+    const seconds = config.server.shutdownSeconds;
+    logger.info("Shutting down", { signal, withinSeconds: seconds });
+    const timer = setTimeout(() => {
+      logger.error(`Shutdown took longer than ${seconds} s (server.shutdownSeconds): forcing exit`);
+      stopped.resolve(1);
+    }, seconds * 1000);
+    server.close().then(() => {
+      clearTimeout(timer);
+      logger.info("Stopped");
+      stopped.resolve(0);
+    }, (error) => {
+      clearTimeout(timer);
+      logger.error("Shutdown failed", { error });
+      stopped.resolve(1);
+    });
   };
-  Deno.addSignalListener("SIGINT", stop);
-  Deno.addSignalListener("SIGTERM", stop);
-  await stopped.promise;
-  return 0;
+  Deno.addSignalListener("SIGINT", stop("SIGINT"));
+  Deno.addSignalListener("SIGTERM", stop("SIGTERM"));
+  return await stopped.promise;
 }
 
 if (import.meta.main) {

@@ -22,7 +22,10 @@ import { randomId } from "./auth/base64.ts";
 import { type LoadedPlugin, loadPlugins } from "./plugins/loader.ts";
 import { PluginRegistry } from "./plugins/registry.ts";
 import { consoleHandler } from "./console/serve.ts";
-import type { Presence } from "./core/presence.ts";
+import { createOps } from "./ops/wiring.ts";
+import type { Metrics } from "./ops/metrics.ts";
+import { addOpsRoutes } from "./http/ops_routes.ts";
+import { Cors } from "./http/cors.ts";
 
 /** A running server. */
 export interface ImServer {
@@ -30,7 +33,12 @@ export interface ImServer {
   readonly url: string;
   /** The bound port (useful with port 0). */
   readonly port: number;
-  /** Stops accepting, closes every connection and the storage. */
+  /** The server's metrics (the plugin runner reports plugin errors and timeouts here). */
+  readonly metrics: Metrics;
+  /**
+   * Graceful stop: refuses new work (`/readyz` answers 503), waits for the
+   * frames in flight, closes every connection with 1001, then the storage.
+   */
   close(): Promise<void>;
 }
 
@@ -81,7 +89,7 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   } catch (error) {
     await backends.broker.close();
     await backends.sessions.close();
-    await backends.presence?.close();
+    await backends.presence.close();
     await backends.store.close();
     throw error;
   }
@@ -97,25 +105,44 @@ async function start(
 ): Promise<ImServer> {
   const hub = new Hub();
   const instanceId = randomId(6);
+  const ops = createOps(config, {
+    hub,
+    presence: backends.presence,
+    store: backends.store,
+    instanceId,
+    logger,
+  });
   const delivery = new DeliveryService({
     store: backends.store,
     broker: backends.broker,
     hub,
     instanceId,
     logger: logger.child("delivery"),
+    observer: ops.observer,
   });
   await delivery.start();
   const plugins = await PluginRegistry.create(loaded, {
     delivery,
-    isOnline: (userId) => Promise.resolve(hub.isOnline(userId)),
+    isOnline: async (userId) => (await backends.presence.lookup([userId])).has(userId),
     logger,
     timeoutMs: config.plugins.timeoutMs,
     config: config.plugins.config,
+    observer: {
+      error: (name) => ops.metrics.pluginError(name),
+      timeout: (name) => ops.metrics.pluginTimeout(name),
+    },
   });
   const custom = plugins;
   const events: SessionEvents = {
-    registered: (conn) => plugins.clientRegistered(conn),
-    disconnected: (conn) => plugins.clientDisconnected(conn),
+    ...ops.events,
+    registered(conn) {
+      ops.events.registered?.(conn);
+      plugins.clientRegistered(conn);
+    },
+    disconnected(conn) {
+      ops.events.disconnected?.(conn);
+      plugins.clientDisconnected(conn);
+    },
   };
   let connectionIds = 0;
   const deps: SessionDeps = {
@@ -124,10 +151,9 @@ async function start(
     hub,
     custom,
     logger: logger.child("session"),
-    events: backends.presence
-      ? withPresence(events, backends.presence, instanceId, logger.child("presence"))
-      : events,
+    events,
     maxRecipients: config.limits.maxRecipients,
+    maxConnectionsPerUser: config.limits.maxConnectionsPerUser,
     nextId: () => ++connectionIds,
   };
   const transport = new WebSocketTransport({
@@ -140,6 +166,8 @@ async function start(
     maxConnectionsPerIp: config.limits.maxConnectionsPerIp,
     maxConnectionsPerUser: config.limits.maxConnectionsPerUser,
     allowedOrigins: config.websocket.allowedOrigins,
+    rateLimit: config.limits.rateLimit,
+    ...ops.transport,
   });
 
   const router = new Router();
@@ -162,6 +190,9 @@ async function start(
     delivery,
     custom,
     maxRecipients: config.limits.maxRecipients,
+    presence: backends.presence,
+    logger: logger.child("api"),
+    onRequest: (key, route) => ops.metrics.apiRequests.inc({ key, route }),
   });
   addHistoryRoutes(router, {
     store: backends.store,
@@ -171,6 +202,20 @@ async function start(
   });
   router.add("GET", "/healthz", () => json({ data: "ok" }));
   if (config.server.console) router.fallback(consoleHandler());
+  let accepting = true;
+  addOpsRoutes(router, {
+    apiKeys,
+    delivery,
+    presence: backends.presence,
+    store: backends.store,
+    metrics: ops.metrics,
+    logger: logger.child("api"),
+    metricsKey: config.server.metricsKey,
+    maxUsers: config.limits.maxRecipients,
+    accepting: () => accepting,
+  });
+  const cors = new Cors(config.server.corsOrigins);
+  const alwaysOpen = new Set(["/healthz", "/readyz", "/metrics"]);
 
   const httpLogger = logger.child("http");
   const ready = Promise.withResolvers<Deno.NetAddr>();
@@ -184,7 +229,15 @@ async function start(
     },
   }, (request, info) => {
     const ip = (info.remoteAddr as Deno.NetAddr).hostname;
-    return router.handle(request, ip, httpLogger);
+    const preflight = cors.preflight(request);
+    if (preflight) return preflight;
+    if (!accepting && !alwaysOpen.has(new URL(request.url).pathname)) {
+      return cors.apply(request.headers.get("origin"), jsonError(503, "Server is shutting down"));
+    }
+    // Read before routing: after a WebSocket upgrade the request's headers are gone.
+    const origin = cors.enabled ? request.headers.get("origin") : null;
+    const handled = router.handle(request, ip, httpLogger);
+    return origin ? handled.then((response) => cors.apply(origin, response)) : handled;
   });
   const addr = await ready.promise;
   const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
@@ -201,15 +254,26 @@ async function start(
   return {
     url,
     port: addr.port,
+    metrics: ops.metrics,
     close() {
       closing ??= (async () => {
         clearInterval(sweeper);
-        transport.closeAll(1001, "going away");
+        accepting = false;
+        transport.stopAccepting();
+        // Frames accepted before the stop get their 200 and their delivery first.
+        const drainMs = config.server.shutdownSeconds * 500;
+        if (!await settlesWithin(delivery.idle(), drainMs)) {
+          logger.warn("Frames still in flight at shutdown: closing anyway", { waitedMs: drainMs });
+        }
+        await new Promise((resolve) => setTimeout(resolve, 0)); // Let the 9001 answers go out.
+        // Wait for the close handshakes: the HTTP shutdown would cut them short.
+        await settlesWithin(transport.closeAll(1001, "going away"), 1000);
         await httpServer.shutdown();
         await plugins.close();
+        await ops.close();
         await backends.broker.close();
         await backends.sessions.close();
-        await backends.presence?.close();
+        await backends.presence.close();
         await backends.store.close();
       })();
       return closing;
@@ -217,29 +281,13 @@ async function start(
   };
 }
 
-/** `events`, plus keeping shared presence in step with this instance's connections. */
-function withPresence(
-  events: SessionEvents,
-  presence: Presence,
-  instance: string,
-  logger: Logger,
-): SessionEvents {
-  const failed = (error: unknown) => logger.warn("Presence update failed", { error });
-  const entry = (conn: { userId: string; clientName: string; since: number }) => ({
-    userId: conn.userId,
-    clientName: conn.clientName,
-    since: conn.since,
-    instance,
-  });
-  return {
-    ...events,
-    registered: (conn) => {
-      events.registered?.(conn);
-      presence.add(entry(conn)).catch(failed);
-    },
-    disconnected: (conn) => {
-      events.disconnected?.(conn);
-      presence.remove(entry(conn)).catch(failed);
-    },
-  };
+/** Whether `work` settles within `ms`. */
+async function settlesWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), ms));
+  try {
+    return await Promise.race([work.then(() => true, () => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -18,6 +18,7 @@ async function spawnServer(dir: string) {
       websocket: { url: "127.0.0.1", port: 0 },
       auth: { users: TEST_USERS },
       storage: { driver: "sqlite", dir: `${dir}/data` },
+      limits: { rateLimit: { perSecond: 100000, burst: 100000 } },
       plugins: { dir: `${ROOT}tests/fixtures/empty` },
       log: { level: "warn" },
     }),

@@ -5,14 +5,15 @@
  */
 import type { Config } from "../config/schema.ts";
 import type { Broker } from "../core/broker.ts";
-import type { Presence } from "../core/presence.ts";
 import type { SessionStore } from "../core/sessions.ts";
 import type { MessageStore } from "../core/store.ts";
+import type { Presence } from "../core/presence.ts";
 import type { Logger } from "../log.ts";
 import { MemoryBroker } from "./broker_memory.ts";
 import { MemorySessionStore } from "./sessions_memory.ts";
 import { MemoryStore } from "./store_memory.ts";
 import { openSqliteStore } from "./store_sqlite.ts";
+import { MemoryPresence } from "./presence_memory.ts";
 import { openRedisBackends } from "./cluster.ts";
 
 /** The backends of one server instance. */
@@ -20,8 +21,7 @@ export interface Backends {
   store: MessageStore;
   broker: Broker;
   sessions: SessionStore;
-  /** Shared presence (Redis); absent for a single instance. */
-  presence?: Presence;
+  presence: Presence;
 }
 
 /** Opens the message store `storage.driver` names. */
@@ -42,5 +42,6 @@ export async function openBackends(config: Config, logger: Logger): Promise<Back
     store: await openStore(config, logger),
     broker: new MemoryBroker(),
     sessions: new MemorySessionStore(config.auth.sessionTtlSeconds),
+    presence: new MemoryPresence(),
   };
 }

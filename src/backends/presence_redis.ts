@@ -3,12 +3,18 @@
  * heartbeat so that the entries of an instance that died expire.
  *
  * Keys (prefix `im:presence:`):
- * - `u:{userId}`: hash, clientName → `{"since","instance"}`;
+ * - `u:{userId}`: hash, `{instance}\0{clientName}` → `{"since","instance","clientName"}`;
  * - `online`: set of userIds with at least one entry;
  * - `i:{instance}`: set of `userId\0clientName` held by an instance (for cleanup);
  * - `instances`: sorted set, instance → expiry (Redis clock, ms), renewed by
- *   each instance's heartbeat. Entries of an expired instance are ignored by
- *   lookups at once and removed by the next heartbeat of any instance.
+ *   each instance's heartbeat.
+ *
+ * An entry is one client on one instance (a newer register of the same client
+ * elsewhere closes the older connection, whose disconnect removes its entry).
+ * A remove takes an entry away only if it is still the one that connection
+ * added (same `since`), so the late disconnect of a replaced connection keeps
+ * the newer entry. Entries of an instance whose heartbeat stopped are ignored
+ * by lookups at once and deleted by the next heartbeat of any instance.
  *
  * @module
  */
@@ -25,14 +31,15 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function drop(user, client, instance)
+local function drop(user, client, instance, since)
   local key = P .. 'u:' .. user
-  local prev = redis.call('HGET', key, client)
-  if prev and cjson.decode(prev).instance == instance then
-    redis.call('HDEL', key, client)
+  local field = instance .. '\\0' .. client
+  local prev = redis.call('HGET', key, field)
+  if prev and (since == nil or cjson.decode(prev).since == since) then
+    redis.call('HDEL', key, field)
     if redis.call('EXISTS', key) == 0 then redis.call('SREM', P .. 'online', user) end
+    redis.call('SREM', P .. 'i:' .. instance, user .. '\\0' .. client)
   end
-  redis.call('SREM', P .. 'i:' .. instance, user .. '\\0' .. client)
 end
 local function alive()
   local set = {}
@@ -43,26 +50,19 @@ local function alive()
 end
 `;
 
-/** ARGV: user, client, instance, entry JSON, ttl ms, only-if-absent flag. */
+/** ARGV: user, client, instance, entry JSON, ttl ms. */
 const ADD = PRELUDE + `
-local user, client, instance, value, ttl, nx = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
-redis.call('ZADD', P .. 'instances', now_ms() + ttl, instance)
-local key = P .. 'u:' .. user
-local prev = redis.call('HGET', key, client)
-if prev then
-  local owner = cjson.decode(prev).instance
-  if nx == '1' and owner ~= instance then return 0 end
-  if owner ~= instance then redis.call('SREM', P .. 'i:' .. owner, user .. '\\0' .. client) end
-end
-redis.call('HSET', key, client, value)
+local user, client, instance = ARGV[1], ARGV[2], ARGV[3]
+redis.call('ZADD', P .. 'instances', now_ms() + tonumber(ARGV[5]), instance)
+redis.call('HSET', P .. 'u:' .. user, instance .. '\\0' .. client, ARGV[4])
 redis.call('SADD', P .. 'i:' .. instance, user .. '\\0' .. client)
 redis.call('SADD', P .. 'online', user)
 return 1
 `;
 
-/** ARGV: user, client, instance. */
+/** ARGV: user, client, instance, since. */
 const REMOVE = PRELUDE + `
-drop(ARGV[1], ARGV[2], ARGV[3])
+drop(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
 return 1
 `;
 
@@ -87,17 +87,14 @@ end
 return lost
 `;
 
-/** ARGV: userIds. Returns, per user, the flat [client, entry, …] of live instances. */
+/** ARGV: userIds. Returns, per user, the entries (JSON) of live instances. */
 const LOOKUP = PRELUDE + `
 local live = alive()
 local out = {}
 for i, user in ipairs(ARGV) do
-  local flat = redis.call('HGETALL', P .. 'u:' .. user)
   local kept = {}
-  for j = 1, #flat, 2 do
-    if live[cjson.decode(flat[j + 1]).instance] then
-      table.insert(kept, flat[j]); table.insert(kept, flat[j + 1])
-    end
+  for _, value in ipairs(redis.call('HVALS', P .. 'u:' .. user)) do
+    if live[cjson.decode(value).instance] then table.insert(kept, value) end
   end
   out[i] = kept
 end
@@ -131,9 +128,11 @@ export interface RedisPresenceOptions {
 interface Stored {
   since: number;
   instance: string;
+  clientName: string;
 }
 
-const localKey = (entry: PresenceEntry) => `${entry.userId}\u0000${entry.clientName}`;
+const localKey = (entry: PresenceEntry) =>
+  `${entry.userId}\u0000${entry.instance}\u0000${entry.clientName}`;
 
 /** Presence shared by every instance through Redis. */
 export class RedisPresence implements Presence {
@@ -164,28 +163,23 @@ export class RedisPresence implements Presence {
     this.#local.set(key, entry);
     this.#unsynced.delete(key);
     try {
-      await this.#add(entry, false);
+      await this.#add(entry);
     } catch (error) {
       this.#unsynced.set(key, { entry, added: true });
       throw error;
     }
   }
 
-  async #add(entry: PresenceEntry, onlyIfAbsent: boolean): Promise<void> {
-    const value = JSON.stringify({ since: entry.since, instance: entry.instance });
-    await this.#scripts.run("ADD", [
-      entry.userId,
-      entry.clientName,
-      entry.instance,
-      value,
-      String(this.#ttlMs),
-      onlyIfAbsent ? "1" : "0",
-    ]);
+  async #add(entry: PresenceEntry): Promise<void> {
+    const { userId, clientName, since, instance } = entry;
+    const value = JSON.stringify({ since, instance, clientName });
+    await this.#scripts.run("ADD", [userId, clientName, instance, value, String(this.#ttlMs)]);
   }
 
   async remove(entry: PresenceEntry): Promise<void> {
     const key = localKey(entry);
-    if (this.#local.get(key)?.instance === entry.instance) {
+    const local = this.#local.get(key);
+    if (local?.since === entry.since) {
       this.#local.delete(key);
       this.#unsynced.delete(key);
     }
@@ -198,7 +192,12 @@ export class RedisPresence implements Presence {
   }
 
   async #remove(entry: PresenceEntry): Promise<void> {
-    await this.#scripts.run("REMOVE", [entry.userId, entry.clientName, entry.instance]);
+    await this.#scripts.run("REMOVE", [
+      entry.userId,
+      entry.clientName,
+      entry.instance,
+      String(entry.since),
+    ]);
   }
 
   async lookup(userIds: string[]): Promise<Map<string, PresenceEntry[]>> {
@@ -206,18 +205,11 @@ export class RedisPresence implements Presence {
     if (userIds.length === 0) return result;
     const reply = await this.#scripts.run("LOOKUP", userIds) as string[][];
     userIds.forEach((userId, i) => {
-      const flat = reply[i];
-      if (flat.length === 0) return;
-      const entries: PresenceEntry[] = [];
-      for (let j = 0; j < flat.length; j += 2) {
-        const stored = JSON.parse(flat[j + 1]) as Stored;
-        entries.push({
-          userId,
-          clientName: flat[j],
-          since: stored.since,
-          instance: stored.instance,
-        });
-      }
+      if (reply[i].length === 0) return;
+      const entries = reply[i].map((value): PresenceEntry => {
+        const { since, instance, clientName } = JSON.parse(value) as Stored;
+        return { userId, clientName, since, instance };
+      });
       entries.sort((a, b) => a.since - b.since);
       result.set(userId, entries);
     });
@@ -245,11 +237,11 @@ export class RedisPresence implements Presence {
         // Our instance had expired (a long outage, or Redis lost its data): add our entries again.
         this.#logger.warn("Presence entries had expired: adding them again", { instances: lost });
         for (const entry of this.#local.values()) {
-          if (lost.includes(entry.instance)) await this.#add(entry, true);
+          if (lost.includes(entry.instance)) await this.#add(entry);
         }
       }
       for (const [key, { entry, added }] of this.#unsynced) {
-        if (added) await this.#add(entry, true);
+        if (added) await this.#add(entry);
         else await this.#remove(entry);
         this.#unsynced.delete(key);
       }

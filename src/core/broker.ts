@@ -19,6 +19,8 @@ export interface Delivery {
   origin?: string;
   /** Mark the message delivered for the `users` reached (stored messages only). */
   record: boolean;
+  /** When the message was accepted, ms since the epoch (for the delivery latency metric). */
+  acceptedAt?: number;
 }
 
 /**

@@ -29,8 +29,11 @@ export interface Outgoing {
 export interface DeliveryObserver {
   /** A stored message found some recipients without a connection anywhere known here. */
   storedForOffline?(userIds: string[], message: Outgoing): void;
-  /** Frames sent to connections on this instance. */
-  sent?(count: number): void;
+  /**
+   * Frames sent to connections on this instance; `acceptedAt` (ms since the
+   * epoch) is when the message was accepted, absent for replays.
+   */
+  sent?(count: number, acceptedAt?: number): void;
 }
 
 const keyOf = (key: MessageKey) => `${key.sender}\u0000${key.id}`;
@@ -54,6 +57,8 @@ export class DeliveryService {
   #instance: string;
   #logger: Logger;
   #observer: DeliveryObserver;
+  /** Sends and receipts in progress, awaited by {@link idle}. */
+  #inflight = new Set<Promise<unknown>>();
 
   constructor(options: DeliveryOptions) {
     this.#store = options.store;
@@ -83,7 +88,24 @@ export class DeliveryService {
    * `duplicate: true`, delivering nothing, when the sender already had a
    * message with this id accepted.
    */
-  async send(message: Outgoing, origin?: Connection): Promise<{ duplicate: boolean }> {
+  send(message: Outgoing, origin?: Connection): Promise<{ duplicate: boolean }> {
+    return this.#track(this.#send(message, origin));
+  }
+
+  /** Resolves once every send and receipt in progress has settled (for shutdown). */
+  async idle(): Promise<void> {
+    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+  }
+
+  #track<T>(work: Promise<T>): Promise<T> {
+    this.#inflight.add(work);
+    const forget = () => this.#inflight.delete(work);
+    work.then(forget, forget);
+    return work;
+  }
+
+  async #send(message: Outgoing, origin?: Connection): Promise<{ duplicate: boolean }> {
+    const acceptedAt = Date.now();
     const stored = message.store !== false;
     if (stored) {
       const { duplicate } = await this.#store.accept({
@@ -92,7 +114,7 @@ export class DeliveryService {
         type: message.type,
         recipients: message.recipients,
         text: message.text,
-        acceptedAt: Date.now(),
+        acceptedAt,
       });
       if (duplicate) return { duplicate };
       const offline = message.recipients.filter((user) => !this.#hub.isOnline(user));
@@ -105,6 +127,7 @@ export class DeliveryService {
       echoTo: message.sender === SYSTEM ? undefined : message.sender,
       origin: origin ? this.ref(origin) : undefined,
       record: stored,
+      acceptedAt,
     });
     return { duplicate: false };
   }
@@ -114,7 +137,16 @@ export class DeliveryService {
    * frame to the original sender and to the user's other connections. Resolves
    * false when no such message to `userId` is known.
    */
-  async receipt(userId: string, key: MessageKey, text: string, origin?: Connection) {
+  receipt(
+    userId: string,
+    key: MessageKey,
+    text: string,
+    origin?: Connection,
+  ): Promise<boolean> {
+    return this.#track(this.#receipt(userId, key, text, origin));
+  }
+
+  async #receipt(userId: string, key: MessageKey, text: string, origin?: Connection) {
     const known = await this.#store.acknowledge(userId, key);
     if (!known) return false;
     await this.#broker.publish({
@@ -193,6 +225,6 @@ export class DeliveryService {
     if (echo !== undefined && !delivery.users.includes(echo)) {
       sent += this.#hub.deliver(echo, delivery.key, delivery.text, except);
     }
-    if (sent > 0) this.#observer.sent?.(sent);
+    if (sent > 0) this.#observer.sent?.(sent, delivery.acceptedAt);
   }
 }

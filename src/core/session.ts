@@ -26,7 +26,7 @@ import {
 import type { Connection, Hub } from "./hub.ts";
 import type { DeliveryService } from "./delivery.ts";
 import type { SessionStore } from "./sessions.ts";
-import type { Logger } from "../log.ts";
+import { type Logger, redact } from "../log.ts";
 import { BackendUnavailableError } from "./errors.ts";
 
 /** The answer to a frame: a status code and a readable message. */
@@ -51,6 +51,8 @@ export interface SessionEvents {
   registered?(conn: Connection): void;
   /** A registered connection went away. */
   disconnected?(conn: Connection): void;
+  /** A register was refused by a limit (`reason`, e.g. `user_limit`). */
+  refused?(reason: string): void;
 }
 
 /** What every session shares. */
@@ -62,6 +64,11 @@ export interface SessionDeps {
   logger: Logger;
   events: SessionEvents;
   maxRecipients: number;
+  /**
+   * Registered connections per user on this instance; a register beyond it is
+   * refused (a replacement of the same clientName does not count). No limit when absent.
+   */
+  maxConnectionsPerUser?: number;
   /** A new connection id. */
   nextId(): number;
 }
@@ -260,12 +267,29 @@ export class ClientSession {
     const { sessionId } = parseJsonBody(message.body, RegisterBodySchema)!;
     const session = await this.#deps.sessions.redeem(sessionId);
     if (!session) {
+      this.#deps.logger.debug("Register refused: sessionId unknown, expired or used", {
+        sessionId: redact(sessionId),
+      });
       return { code: StatusCode.SESSION_ERROR, msg: "sessionId is unknown, expired or used" };
     }
     if (message.from !== session.userId) {
       return { code: StatusCode.FROM_ERROR, msg: `"from" must be ${session.userId}` };
     }
     if (this.#closed) return { code: StatusCode.FAILED, msg: "Connection closed" };
+    const limit = this.#deps.maxConnectionsPerUser;
+    if (limit !== undefined) {
+      let others = 0;
+      for (const c of this.#deps.hub.connectionsOf(session.userId)) {
+        if (c.clientName !== session.clientName) others++;
+      }
+      if (others >= limit) {
+        this.#deps.events.refused?.("user_limit");
+        return {
+          code: StatusCode.FAILED,
+          msg: `Too many connections for user ${session.userId}: at most ${limit}`,
+        };
+      }
+    }
     const socket = this.#socket;
     const conn: Connection = {
       id: this.#deps.nextId(),

@@ -9,6 +9,7 @@ import { ClientSession, type SessionDeps } from "../core/session.ts";
 import { encodeSendStatus } from "../protocol/frame.ts";
 import { StatusCode } from "../protocol/codes.ts";
 import type { Logger } from "../log.ts";
+import { ConnectionRateLimit, type RateLimitOptions } from "../ops/rate_limit.ts";
 
 /** Options of {@link WebSocketTransport}. */
 export interface TransportOptions {
@@ -21,8 +22,12 @@ export interface TransportOptions {
   maxConnectionsPerIp: number;
   maxConnectionsPerUser: number;
   allowedOrigins: string[];
+  /** Frames per connection (token bucket); no limit when absent. */
+  rateLimit?: RateLimitOptions;
   /** Called for every connection refused before or at upgrade. */
   onRejected?(reason: string): void;
+  /** Called for every frame refused by the rate limit. */
+  onRateLimited?(): void;
   /** Called when a socket opens or closes. */
   onOpenChange?(delta: 1 | -1): void;
 }
@@ -38,6 +43,9 @@ export class WebSocketTransport {
   #options: TransportOptions;
   #perIp = new Map<string, number>();
   #sockets = new Set<WebSocket>();
+  #stopped = false;
+  /** Waiters of {@link closeAll}. */
+  #drained: (() => void)[] = [];
 
   constructor(options: TransportOptions) {
     this.#options = options;
@@ -53,6 +61,10 @@ export class WebSocketTransport {
     const options = this.#options;
     if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return { status: 426, msg: "Expected a WebSocket upgrade" };
+    }
+    if (this.#stopped) {
+      options.onRejected?.("shutting_down");
+      return { status: 503, msg: "Server is shutting down" };
     }
     const origin = request.headers.get("origin");
     if (origin && options.allowedOrigins.length > 0 && !options.allowedOrigins.includes(origin)) {
@@ -72,9 +84,21 @@ export class WebSocketTransport {
     return response;
   }
 
-  /** Closes every socket with `code`. */
-  closeAll(code: number, reason: string): void {
+  /**
+   * Stops accepting: upgrades are refused (503) and frames on open sockets are
+   * answered 400 FAILED, so nothing new is accepted while in-flight work ends.
+   */
+  stopAccepting(): void {
+    this.#stopped = true;
+  }
+
+  /** Closes every socket with `code`; resolves once they have all closed. */
+  closeAll(code: number, reason: string): Promise<void> {
     for (const socket of this.#sockets) safeClose(socket, code, reason);
+    if (this.#sockets.size === 0) return Promise.resolve();
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#drained.push(resolve);
+    return promise;
   }
 
   #run(socket: WebSocket, ip: string) {
@@ -85,6 +109,7 @@ export class WebSocketTransport {
       send(text: string) {
         if (socket.readyState !== WebSocket.OPEN) return;
         if (socket.bufferedAmount > options.maxBufferedBytes) {
+          options.onRejected?.("slow_consumer");
           safeClose(socket, 1013, "slow consumer");
           return;
         }
@@ -93,8 +118,16 @@ export class WebSocketTransport {
       close: (code: number, reason: string) => safeClose(socket, code, reason),
     };
     const session = new ClientSession(deps, port);
+    const limiter = options.rateLimit ? new ConnectionRateLimit(options.rateLimit) : undefined;
+    const refuse = (data: string, msg: string) => {
+      const { id, type } = peek(data);
+      port.send(encodeSendStatus(id, session.connection?.userId ?? "", StatusCode.FAILED, msg));
+      deps.events.answered?.(type, StatusCode.FAILED);
+    };
     const timer = setTimeout(() => {
-      if (!session.connection) safeClose(socket, 1008, "register timeout");
+      if (session.connection) return;
+      options.onRejected?.("register_timeout");
+      safeClose(socket, 1008, "register timeout");
     }, options.registerTimeoutSeconds * 1000);
     let done = false;
     const finish = () => {
@@ -102,6 +135,7 @@ export class WebSocketTransport {
       done = true;
       clearTimeout(timer);
       this.#sockets.delete(socket);
+      if (this.#sockets.size === 0) { for (const resolve of this.#drained.splice(0)) resolve(); }
       const left = (this.#perIp.get(ip) ?? 1) - 1;
       if (left <= 0) this.#perIp.delete(ip);
       else this.#perIp.set(ip, left);
@@ -128,7 +162,30 @@ export class WebSocketTransport {
       }
       // A UTF-16 length of n is at most 3n UTF-8 bytes; measure only when it matters.
       if (data.length * 3 > options.maxFrameBytes && byteLength(data) > options.maxFrameBytes) {
+        options.onRejected?.("frame_too_large");
         safeClose(socket, 1009, "frame too large");
+        return;
+      }
+      if (this.#stopped) {
+        refuse(data, "Server is shutting down: send it again after reconnecting");
+        return;
+      }
+      const verdict = limiter?.take(data);
+      if (verdict === "limited") {
+        const { perSecond, burst } = options.rateLimit!;
+        options.onRateLimited?.();
+        refuse(
+          data,
+          `Rate limit exceeded: at most ${perSecond} frames per second (burst ${burst})`,
+        );
+        return;
+      }
+      if (verdict === "close") {
+        options.onRejected?.("rate_limit");
+        options.logger.warn("Closing a connection over its rate limit", {
+          user: session.connection?.userId,
+        });
+        safeClose(socket, 1008, "rate limit exceeded");
         return;
       }
       try {
@@ -143,6 +200,19 @@ export class WebSocketTransport {
 }
 
 const encoder = new TextEncoder();
+
+/** The id and type of a frame refused before decoding, for its 9001 answer. */
+function peek(text: string): { id: string; type: number } {
+  try {
+    const value = JSON.parse(text);
+    return {
+      id: typeof value?.id === "string" ? value.id : "",
+      type: Number.isInteger(value?.type) ? value.type : 0,
+    };
+  } catch {
+    return { id: "", type: 0 };
+  }
+}
 
 function byteLength(text: string): number {
   return encoder.encode(text).length;

@@ -1,0 +1,152 @@
+/**
+ * Operations wiring: turns the core's hooks (session events, the delivery
+ * observer, the transport's callbacks) into metrics, presence, webhooks and
+ * log lines. The composition root calls {@link createOps} once and passes
+ * what it returns to the parts.
+ *
+ * @module
+ */
+import type { Config } from "../config/schema.ts";
+import type { Hub } from "../core/hub.ts";
+import type { Presence, PresenceEntry } from "../core/presence.ts";
+import type { MessageStore } from "../core/store.ts";
+import type { SessionEvents } from "../core/session.ts";
+import type { DeliveryObserver, Outgoing } from "../core/delivery.ts";
+import type { Connection } from "../core/hub.ts";
+import type { Logger } from "../log.ts";
+import { Metrics } from "./metrics.ts";
+import { type WebhookConfig, Webhooks } from "./webhooks.ts";
+import { UserActivity } from "./user_events.ts";
+
+/** What {@link createOps} needs. */
+export interface OpsDeps {
+  hub: Hub;
+  presence: Presence;
+  store: MessageStore;
+  instanceId: string;
+  logger: Logger;
+}
+
+/** Hooks for the WebSocket transport. */
+export interface TransportHooks {
+  onRejected(reason: string): void;
+  onOpenChange(delta: 1 | -1): void;
+  onRateLimited(): void;
+}
+
+/** The operations parts of one server. */
+export interface Ops {
+  metrics: Metrics;
+  webhooks: Webhooks;
+  /** For `SessionDeps.events`. */
+  events: SessionEvents;
+  /** For `DeliveryOptions.observer`. */
+  observer: DeliveryObserver;
+  /** For the transport's options. */
+  transport: TransportHooks;
+  /** Stops timers and sends what the webhook queues hold (one last attempt). */
+  close(): Promise<void>;
+}
+
+function entryOf(conn: Connection, instance: string): PresenceEntry {
+  return { userId: conn.userId, clientName: conn.clientName, since: conn.since, instance };
+}
+
+/** Creates the metrics, webhooks and presence hooks of a server. */
+export function createOps(config: Config, deps: OpsDeps): Ops {
+  const { hub, presence, store, instanceId, logger } = deps;
+  const metrics = new Metrics();
+  const webhooks = new Webhooks(config.server.webhooks as WebhookConfig[], {
+    logger: logger.child("webhooks"),
+    metrics,
+  });
+  const activity = new UserActivity({
+    presence,
+    graceSeconds: config.server.offlineGraceSeconds,
+    emit: (type, data) => webhooks.emit(type, data),
+    logger: logger.child("webhooks"),
+  });
+  const connLogger = logger.child("conn");
+  let open = 0;
+  metrics.addGauge({
+    name: "im_connections_registered",
+    help: "Registered connections on this instance.",
+    read: () => hub.size,
+  });
+  metrics.addGauge({
+    name: "im_users_online",
+    help: "Users with at least one registered connection on this instance.",
+    read: () => hub.userCount,
+  });
+  metrics.addGauge({
+    name: "im_pending_offline_frames",
+    help: "Stored (recipient, message) pairs not yet acknowledged, read from storage.",
+    read: () => store.pendingCount(),
+  });
+  metrics.addGauge({
+    name: "im_webhook_events_queued",
+    help: "Webhook events waiting to be sent, over every webhook.",
+    read: () => webhooks.queued,
+  });
+
+  const warn = (what: string) => (error: unknown) => logger.warn(what, { error });
+
+  const events: SessionEvents = {
+    answered: (type, code) => metrics.frameAnswered(type, code),
+    registered(conn) {
+      connLogger.info("Registered", { userId: conn.userId, clientName: conn.clientName });
+      presence.add(entryOf(conn, instanceId)).catch(warn("Presence add failed"));
+      activity.registered(conn.userId, conn.clientName);
+    },
+    disconnected(conn) {
+      connLogger.info("Disconnected", { userId: conn.userId, clientName: conn.clientName });
+      presence.remove(entryOf(conn, instanceId)).catch(warn("Presence remove failed"));
+      activity.disconnected(conn.userId, hub.isOnline(conn.userId));
+    },
+    refused: (reason) => metrics.rejected(reason),
+  };
+
+  const observer: DeliveryObserver = {
+    sent: (count, acceptedAt) => metrics.framesSent(count, acceptedAt),
+    storedForOffline(userIds: string[], message: Outgoing) {
+      if (!webhooks.wants("message.offline")) return;
+      // In the background: the hub said offline here; the presence knows every instance.
+      presence.lookup(userIds).then((found) => {
+        const offline = userIds.filter((user) => !found.has(user));
+        if (offline.length === 0) return;
+        let frame: unknown;
+        try {
+          frame = JSON.parse(message.text);
+        } catch {
+          frame = undefined;
+        }
+        webhooks.emit("message.offline", {
+          userIds: offline,
+          from: message.sender,
+          messageId: message.id,
+          messageType: message.type,
+          frame,
+        });
+      }).catch(warn("Presence lookup for message.offline failed"));
+    },
+  };
+
+  return {
+    metrics,
+    webhooks,
+    events,
+    observer,
+    transport: {
+      onRejected: (reason) => metrics.rejected(reason),
+      onOpenChange(delta) {
+        open += delta;
+        metrics.connectionsOpen.set({}, open);
+      },
+      onRateLimited: () => metrics.rateLimited.inc(),
+    },
+    async close() {
+      activity.close();
+      await webhooks.close();
+    },
+  };
+}
