@@ -226,6 +226,20 @@ Deno.test({
         assertEquals(await presence.onlineUsers(), ["u1", "u2"]);
       });
 
+      await t.step("GET /server/presence on any instance answers for every instance", async () => {
+        for (const server of [a, b, c]) {
+          const response = await fetch(`${server.url}/server/presence?users=u1,u2,u3`, {
+            headers: { authorization: `Bearer ${TEST_API_KEY}` },
+          });
+          assertEquals(response.status, 200);
+          const { data } = await response.json();
+          assertEquals(
+            [data.u1.online, data.u1.clients.length, data.u2.online, data.u3.online],
+            [true, 2, true, false],
+          );
+        }
+      });
+
       await t.step("a client that leaves is removed", async () => {
         await bob.close();
         await alice.close();
@@ -427,6 +441,9 @@ Deno.test({
         });
         assertEquals(push.status, 503);
         assert((await push.json()).msg.includes("unavailable"));
+        const ready = await fetch(`${a.url}/readyz`);
+        assertEquals(ready.status, 503, "the balancer takes the instance out");
+        await ready.body?.cancel();
       });
 
       await t.step("after Redis returns, sends, delivery and registers work again", async () => {
@@ -443,6 +460,9 @@ Deno.test({
         assertEquals((await receive(bob, 20)).map((f) => f.id), ids);
         const reg = await a.connect("alice", "second");
         await reg.close();
+        const ready = await fetch(`${a.url}/readyz`);
+        assertEquals(ready.status, 200);
+        await ready.body?.cancel();
         // What was answered 200 before the outage survived it (AOF).
         const carol = await b.connect("carol");
         assertEquals((await carol.message()).id, "before-2");
