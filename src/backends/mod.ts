@@ -14,6 +14,7 @@ import { MemorySessionStore } from "./sessions_memory.ts";
 import { MemoryStore } from "./store_memory.ts";
 import { openSqliteStore } from "./store_sqlite.ts";
 import { MemoryPresence } from "./presence_memory.ts";
+import { openRedisBackends } from "./cluster.ts";
 
 /** The backends of one server instance. */
 export interface Backends {
@@ -36,6 +37,7 @@ function openStore(config: Config, logger: Logger): Promise<MessageStore> {
 
 /** Opens the backends the configuration names. */
 export async function openBackends(config: Config, logger: Logger): Promise<Backends> {
+  if (config.cluster.redisUrl) return await openRedisBackends(config, logger);
   return {
     store: await openStore(config, logger),
     broker: new MemoryBroker(),

@@ -27,6 +27,7 @@ import type { Connection, Hub } from "./hub.ts";
 import type { DeliveryService } from "./delivery.ts";
 import type { SessionStore } from "./sessions.ts";
 import { type Logger, redact } from "../log.ts";
+import { BackendUnavailableError } from "./errors.ts";
 
 /** The answer to a frame: a status code and a readable message. */
 export interface Status {
@@ -78,6 +79,12 @@ export interface SocketPort {
   close(code: number, reason: string): void;
   /** Resolves once the socket has room again: true, or false when it closed. */
   drain?(): Promise<boolean>;
+}
+
+/** The 400 answer to a frame whose handling threw: a backend outage says so. */
+function failed(error: unknown): Status {
+  const msg = error instanceof BackendUnavailableError ? error.message : "Internal error";
+  return { code: StatusCode.FAILED, msg };
 }
 
 /** Handles the frames of one connection. */
@@ -209,7 +216,7 @@ export class ClientSession {
     }
     work.catch((error) => {
       this.#deps.logger.error("Frame failed", { type, error });
-      return { code: StatusCode.FAILED, msg: "Internal error" } as Status;
+      return failed(error);
     }).then((status) => {
       if (type !== MessageType.REGISTER) this.#answer(id, type, status.code, status.msg);
     });
@@ -247,7 +254,7 @@ export class ClientSession {
       status = await this.#tryRegister(message);
     } catch (error) {
       this.#deps.logger.error("Register failed", { error });
-      status = { code: StatusCode.FAILED, msg: "Internal error" };
+      status = failed(error);
     }
     if (status.code !== StatusCode.SUCCESS) {
       this.#answer(message.id, message.type, status.code, status.msg);

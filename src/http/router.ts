@@ -5,6 +5,7 @@
  */
 import { HttpError, jsonError } from "./errors.ts";
 import type { Logger } from "../log.ts";
+import { BackendUnavailableError } from "../core/errors.ts";
 
 /** What a handler gets besides the request. */
 export interface RouteContext {
@@ -61,6 +62,7 @@ export class Router {
     } catch (error) {
       if (error instanceof HttpError) return jsonError(error.status, error.message);
       logger.error("Route failed", { path: url.pathname, error });
+      if (error instanceof BackendUnavailableError) return jsonError(503, error.message);
       return jsonError(500, "Internal server error");
     }
   }

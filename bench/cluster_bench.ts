@@ -1,0 +1,293 @@
+/**
+ * Cluster benchmark: throughput and latency of text messages between users
+ * spread over 1, 2 and 3 server instances sharing one Redis.
+ *
+ *   npx -y deno@2.9.6 run -A bench/cluster_bench.ts [--seconds 8] [--users 60]
+ *     [--window 8] [--instances 1,2,3] [--fsync always|everysec|off] [--baseline yes|no]
+ *
+ * Each instance is a child process (`main.ts`) with `cluster.redisUrl` set;
+ * Redis is a fresh `redis-server` per run (AOF with the chosen fsync policy).
+ * The load generator (this process) logs every user in on the instance
+ * `index % instances`; each user sends 2001 texts to the next user, who sits
+ * on another instance whenever there is more than one, keeping `window` frames
+ * unanswered (waiting for their 9001). Latency is from the send to the frame's
+ * arrival at the recipient's socket (one clock: this process).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    seconds: { type: "string", default: "8" },
+    warmup: { type: "string", default: "2" },
+    users: { type: "string", default: "60" },
+    window: { type: "string", default: "8" },
+    instances: { type: "string", default: "1,2,3" },
+    fsync: { type: "string", default: "always" },
+    baseline: { type: "string", default: "yes" },
+  },
+});
+const SECONDS = Number(values.seconds);
+const WARMUP = Number(values.warmup);
+const USERS = Number(values.users);
+const WINDOW = Number(values.window);
+const COUNTS = values.instances!.split(",").map(Number);
+const FSYNC = values.fsync!;
+
+const users = Array.from({ length: USERS }, (_, i) => ({
+  userId: `u${i}`,
+  username: `user${i}`,
+  password: `password-${i}`,
+}));
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+async function startRedis(dir: string) {
+  const port = freePort();
+  const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", ""];
+  if (FSYNC === "off") args.push("--appendonly", "no");
+  else args.push("--appendonly", "yes", "--appendfsync", FSYNC, "--dir", dir);
+  const child = new Deno.Command("redis-server", { args, stdout: "null", stderr: "null" })
+    .spawn();
+  for (let i = 0; i < 200; i++) {
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      conn.close();
+      break;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  }
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    pid: child.pid,
+    async stop() {
+      child.kill("SIGKILL");
+      await child.status;
+    },
+  };
+}
+
+async function startInstance(redisUrl: string | undefined, dir: string, index: number) {
+  const path = `${dir}/instance-${index}.json`;
+  await Deno.writeTextFile(
+    path,
+    JSON.stringify({
+      websocket: { url: "127.0.0.1", port: 0 },
+      auth: { users },
+      storage: { driver: "memory" },
+      plugins: { dir: "./tests/fixtures/empty" },
+      limits: { rateLimit: { perSecond: 100000, burst: 100000 } },
+      cluster: redisUrl ? { redisUrl } : {},
+      log: { level: "error" },
+    }),
+  );
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", "--config", path],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const listening = Promise.withResolvers<string>();
+  const drained = (async () => {
+    let text = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      if (text.length < 10000) text += chunk;
+      const match = text.match(/listening on (http:\/\/\S+)/);
+      if (match) listening.resolve(match[1]);
+    }
+    listening.reject(new Error(`Instance ${index} exited: ${text}`));
+  })();
+  const url = await listening.promise;
+  return {
+    url,
+    pid: child.pid,
+    async stop() {
+      child.kill("SIGTERM");
+      await child.status;
+      await drained;
+    },
+  };
+}
+
+/** CPU seconds (user + system) a process has used so far, from /proc. */
+function cpuSeconds(pid: number): number {
+  try {
+    const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Busy and total jiffies of the whole machine, from /proc/stat. */
+function machineJiffies(): { busy: number; total: number } {
+  const line = Deno.readTextFileSync("/proc/stat").split("\n")[0];
+  const fields = line.trim().split(/\s+/).slice(1).map(Number);
+  const idle = fields[3] + (fields[4] ?? 0);
+  const total = fields.reduce((a, b) => a + b, 0);
+  return { busy: total - idle, total };
+}
+
+interface Client {
+  socket: WebSocket;
+  userId: string;
+}
+
+async function connect(url: string, user: (typeof users)[number]): Promise<Client> {
+  const login = await fetch(`${url}/app/login`, {
+    method: "POST",
+    body: JSON.stringify({ username: user.username, password: user.password }),
+  }).then((r) => r.json());
+  const session = await fetch(`${url}/app/websocket/client/login/bench`, {
+    headers: { token: login.data.token },
+  }).then((r) => r.json());
+  const socket = new WebSocket(`${url.replace("http", "ws")}/websocket`);
+  await new Promise((resolve, reject) => {
+    socket.onopen = resolve;
+    socket.onerror = reject;
+  });
+  const registered = new Promise<void>((resolve, reject) => {
+    socket.onmessage = (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.type !== 9001) return;
+      if (JSON.parse(frame.body).code === 200) resolve();
+      else reject(new Error(frame.body));
+    };
+  });
+  socket.send(JSON.stringify({
+    id: "reg",
+    type: 1000,
+    isSystem: false,
+    from: user.userId,
+    to: "",
+    body: JSON.stringify({ sessionId: session.data }),
+  }));
+  await registered;
+  return { socket, userId: user.userId };
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
+}
+
+async function run(count: number, withRedis = true) {
+  const dir = await Deno.makeTempDir({ prefix: "im-cluster-bench-" });
+  const redis = withRedis ? await startRedis(dir) : undefined;
+  const instances = [];
+  for (let i = 0; i < count; i++) instances.push(await startInstance(redis?.url, dir, i));
+  const clients: Client[] = [];
+  for (let i = 0; i < USERS; i++) {
+    clients.push(await connect(instances[i % count].url, users[i]));
+  }
+
+  let measuring = false;
+  let stopping = false;
+  let received = 0;
+  let failed = 0;
+  const latencies: number[] = [];
+  const sentAt = new Map<string, number>();
+  let seq = 0;
+
+  const send = (client: Client, to: string) => {
+    const id = `${client.userId}-${++seq}`;
+    sentAt.set(id, performance.now());
+    client.socket.send(JSON.stringify({
+      id,
+      type: 2001,
+      isSystem: false,
+      from: client.userId,
+      to,
+      body: `bench message ${id} with some text to carry`,
+    }));
+  };
+
+  clients.forEach((client, i) => {
+    // Next user: on the next instance when there are several (users are dealt round-robin).
+    const to = users[(i + 1) % USERS].userId;
+    client.socket.onmessage = (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.type === 9001) {
+        if (JSON.parse(frame.body).code !== 200) failed++;
+        if (!stopping) send(client, to);
+        return;
+      }
+      const start = sentAt.get(frame.id);
+      sentAt.delete(frame.id);
+      if (measuring && start !== undefined) {
+        received++;
+        latencies.push(performance.now() - start);
+      }
+    };
+    for (let w = 0; w < WINDOW; w++) send(client, to);
+  });
+
+  await new Promise((resolve) => setTimeout(resolve, WARMUP * 1000));
+  const pids = [redis?.pid ?? -1, ...instances.map((i) => i.pid), Deno.pid];
+  const cpuBefore = pids.map(cpuSeconds);
+  const machineBefore = machineJiffies();
+  measuring = true;
+  const started = performance.now();
+  await new Promise((resolve) => setTimeout(resolve, SECONDS * 1000));
+  measuring = false;
+  const elapsed = (performance.now() - started) / 1000;
+  const cpu = pids.map((pid, i) => (cpuSeconds(pid) - cpuBefore[i]) / elapsed);
+  const machineAfter = machineJiffies();
+  const cores = navigator.hardwareConcurrency;
+  // Machine-wide busy time in cores (e.g. 1.6 of 2), and the part our processes did not use.
+  const machineBusy = (machineAfter.busy - machineBefore.busy) /
+    (machineAfter.total - machineBefore.total) * cores;
+  const others = Math.max(
+    0,
+    machineBusy - cpu.filter((x) => !Number.isNaN(x)).reduce((a, b) => a + b, 0),
+  );
+  stopping = true;
+  await new Promise((resolve) => setTimeout(resolve, 500));
+
+  for (const client of clients) client.socket.close();
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  for (const instance of instances) await instance.stop();
+  await redis?.stop();
+  await Deno.remove(dir, { recursive: true });
+
+  latencies.sort((a, b) => a - b);
+  return {
+    instances: withRedis ? String(count) : "1, memory backends, no Redis",
+    throughput: received / elapsed,
+    p50: percentile(latencies, 0.5),
+    p99: percentile(latencies, 0.99),
+    failed,
+    cpuRedis: cpu[0],
+    cpuInstances: cpu.slice(1, -1).reduce((a, b) => a + b, 0),
+    cpuLoad: cpu[cpu.length - 1],
+    others,
+  };
+}
+
+console.log(
+  `users=${USERS} window=${WINDOW} seconds=${SECONDS} fsync=${FSYNC} cores=${navigator.hardwareConcurrency}`,
+);
+console.log(
+  "| instances | msgs/s delivered | p50 ms | p99 ms | 400s | CPU Redis | CPU instances | CPU load gen | CPU other processes |",
+);
+console.log("|---|---|---|---|---|---|---|---|---|");
+const runs: [number, boolean][] = COUNTS.map((count) => [count, true]);
+if (values.baseline !== "no") runs.unshift([1, false]);
+for (const [count, withRedis] of runs) {
+  const r = await run(count, withRedis);
+  const pct = (x: number) => Number.isNaN(x) ? "-" : `${Math.round(x * 100)}%`;
+  console.log(
+    `| ${r.instances} | ${Math.round(r.throughput)} | ${r.p50.toFixed(1)} | ${
+      r.p99.toFixed(1)
+    } | ${r.failed} | ${pct(r.cpuRedis)} | ${pct(r.cpuInstances)} | ${pct(r.cpuLoad)} | ${
+      pct(r.others)
+    } |`,
+  );
+}

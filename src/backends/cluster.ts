@@ -1,0 +1,86 @@
+/**
+ * The Redis backends of a cluster (`cluster.redisUrl`): every instance
+ * sharing the URL shares login sessions, delivery, presence and storage.
+ *
+ * @module
+ */
+import type { Config } from "../config/schema.ts";
+import type { Logger } from "../log.ts";
+import type { Backends } from "./mod.ts";
+import { RedisBroker } from "./broker_redis.ts";
+import { RedisPresence } from "./presence_redis.ts";
+import { closeRedis, connectRedis, type RedisClient } from "./redis.ts";
+import { RedisSessionStore } from "./sessions_redis.ts";
+import { RedisStore } from "./store_redis.ts";
+
+/**
+ * Opens one connection each for the store, the sessions, presence, and the
+ * broker's writer and reader. The store's connection carries every
+ * store call, so they resolve in call order.
+ */
+export async function openRedisBackends(
+  config: Config,
+  logger: Logger,
+): Promise<Backends & { presence: RedisPresence }> {
+  const url = config.cluster.redisUrl!;
+  const log = logger.child("redis");
+  const opened: RedisClient[] = [];
+  const open = async (name: string) => {
+    const client = await connectRedis(url, { logger: log, name });
+    opened.push(client);
+    return client;
+  };
+  try {
+    const storeClient = await open("store");
+    await checkDurability(storeClient, log);
+    const store = new RedisStore(storeClient, {
+      maxPerUser: config.storage.maxPerUser,
+      retentionDays: config.storage.retentionDays,
+      logger: logger.child("store"),
+    });
+    const broker = new RedisBroker(await open("publish"), await open("read"), {
+      logger: logger.child("broker"),
+    });
+    const sessions = new RedisSessionStore(await open("sessions"), config.auth.sessionTtlSeconds);
+    const presence = new RedisPresence(await open("presence"), {
+      logger: logger.child("presence"),
+    });
+    log.info("Cluster backends on Redis", { url: redactUrl(url) });
+    return { store, broker, sessions, presence };
+  } catch (error) {
+    await Promise.all(opened.map(closeRedis));
+    throw error;
+  }
+}
+
+/** Warns when Redis could lose accepted messages at a crash or restart. */
+async function checkDurability(client: RedisClient, logger: Logger): Promise<void> {
+  try {
+    const config = await client.configGet("appendonly");
+    const fsync = await client.configGet("appendfsync");
+    if (config.appendonly !== "yes") {
+      logger.warn(
+        "Redis runs without appendonly: accepted messages are lost if Redis restarts " +
+          "(start it with --appendonly yes --appendfsync always, see docs/CLUSTER.md)",
+      );
+    } else if (fsync.appendfsync !== "always") {
+      logger.info(
+        `Redis appendfsync is ${fsync.appendfsync}: a Redis crash can lose the last seconds ` +
+          "of accepted messages (appendfsync always loses none, see docs/CLUSTER.md)",
+      );
+    }
+  } catch {
+    logger.debug("Could not read the persistence settings of Redis (CONFIG is disabled)");
+  }
+}
+
+/** The URL without its password, for logs. */
+function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = "****";
+    return parsed.toString();
+  } catch {
+    return "(unparsable URL)";
+  }
+}
