@@ -267,7 +267,8 @@ async function start(
         }
         await new Promise((resolve) => setTimeout(resolve, 0)); // Let the 9001 answers go out.
         // Wait for the close handshakes: the HTTP shutdown would cut them short.
-        await settlesWithin(transport.closeAll(1001, "going away"), 1000);
+        const handshakeMs = Math.max(1000, config.server.shutdownSeconds * 250);
+        await settlesWithin(transport.closeAll(1001, "going away"), handshakeMs);
         await httpServer.shutdown();
         await plugins.close();
         await ops.close();
