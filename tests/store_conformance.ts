@@ -246,6 +246,30 @@ export function storeConformance(
       assert.deepEqual(keys(await store.unacknowledged("bob")), ["alice/m1", "alice/m2"]);
     });
 
+    await step("each of many recipients has a state of its own", async (store) => {
+      const users = Array.from({ length: 40 }, (_, i) => `user${i}`);
+      const m = message("alice", "wide", users);
+      await store.accept(m);
+      await store.markDelivered("user0", [m]);
+      await store.markDelivered("user25", [m]);
+      assert.equal(await store.acknowledge("user25", m), true);
+      assert.equal(await store.acknowledge("user39", m), true);
+      assert.equal(await store.acknowledge("nobody", m), false);
+      const stateFor = async (user: string) =>
+        (await store.history(user, "alice", { limit: 1 })).messages[0]?.state;
+      assert.equal(await stateFor("user0"), "delivered");
+      assert.equal(await stateFor("user1"), "pending");
+      assert.equal(await stateFor("user25"), "acknowledged");
+      assert.equal(await stateFor("user39"), "acknowledged");
+      assert.equal(await store.pendingCount(), 38);
+      assert.deepEqual(await store.unacknowledged("user25"), []);
+      assert.deepEqual(keys(await store.unacknowledged("user24")), ["alice/wide"]);
+      assert.deepEqual(
+        (await store.history("alice", "user7", { limit: 1 })).messages[0].recipients,
+        users,
+      );
+    });
+
     await step("history() pages newest first between two users, with states", async (store) => {
       await store.accept(message("alice", "a1", ["bob"]));
       await store.accept(message("bob", "b1", ["alice"]));
@@ -325,6 +349,11 @@ export function storeConformance(
       assert.ok(
         log.some((line) => line.level === "warn" && JSON.stringify(line.fields).includes("bob")),
         "a warn line names the user whose unacknowledged messages were dropped",
+      );
+      assert.equal(
+        await store.acknowledge("bob", { sender: "alice", id: "m1" }),
+        false,
+        "bob's copy of m1 was dropped, though carol still holds it",
       );
       // m1 is still kept for carol, so it is still a duplicate; m0 and m2 are gone.
       assert.deepEqual(await store.accept(message("alice", "m1", ["bob"])), { duplicate: true });

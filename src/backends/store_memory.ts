@@ -2,10 +2,19 @@
  * In-memory {@link MessageStore}: fast, bounded per user, lost on restart.
  * For tests and throwaway runs (`storage.driver: memory`).
  *
- * Layout: one record per message, and per recipient an insertion-ordered map
- * from message key to delivery state. A message goes when no recipient holds
- * it any more (acknowledged messages stay, for duplicate detection and
- * history, until the per-user cap or the retention period drops them).
+ * Layout, chosen for the per-frame path (bench/README.md has the figures):
+ * - one record per message, found by sender then id: two lookups on strings
+ *   that already carry their hash, rather than a joined key built per call;
+ * - the delivery state of each recipient lives on the record (a field for the
+ *   first recipient, an array for the others), so no map entry is made per
+ *   (recipient, message);
+ * - each recipient's inbox is a queue of records in acceptance order. Nothing
+ *   leaves it except from the front (the per-user cap and the retention sweep),
+ *   so it is an array with a moving head.
+ *
+ * A message goes when no recipient holds it any more. Acknowledged messages
+ * stay, for duplicate detection and history, until the cap or the retention
+ * period drops them.
  *
  * @module
  */
@@ -21,11 +30,30 @@ import type {
 } from "../core/store.ts";
 import type { Logger } from "../log.ts";
 
+/** Delivery states as small integers; GONE: dropped from that recipient's inbox. */
+const PENDING = 0, DELIVERED = 1, ACKNOWLEDGED = 2, GONE = 3;
+const STATE_NAMES: DeliveryState[] = ["pending", "delivered", "acknowledged"];
+
+/** Above this many recipients a record gets a map from recipient to index. */
+const INDEXED_RECIPIENTS = 16;
+
 interface Record extends StoredMessage {
   seq: number;
   recipients: string[];
   /** Recipients still holding the message. */
   holders: number;
+  /** State for `recipients[0]`. */
+  first: number;
+  /** States for `recipients[1..]`, absent for a single recipient. */
+  rest?: number[];
+  /** Recipient → index, for long recipient lists. */
+  index?: Map<string, number>;
+}
+
+/** One recipient's messages, oldest first, from `head` on. */
+interface Inbox {
+  records: Record[];
+  head: number;
 }
 
 /** Options of {@link MemoryStore}. */
@@ -38,15 +66,35 @@ export interface MemoryStoreOptions {
   logger?: Logger;
 }
 
-const keyOf = (sender: string, id: string) => `${sender}\u0000${id}`;
+const DUPLICATE: Promise<AcceptResult> = Promise.resolve({ duplicate: true });
+const ACCEPTED: Promise<AcceptResult> = Promise.resolve({ duplicate: false });
+const DONE: Promise<void> = Promise.resolve();
+const KNOWN = Promise.resolve(true);
+const UNKNOWN = Promise.resolve(false);
 
-/** Keeps messages in maps; every operation is synchronous under the hood. */
+function slotOf(record: Record, user: string): number {
+  const { recipients } = record;
+  if (recipients[0] === user) return 0;
+  if (recipients.length <= INDEXED_RECIPIENTS) return recipients.indexOf(user);
+  record.index ??= new Map(recipients.map((u, i) => [u, i]));
+  return record.index.get(user) ?? -1;
+}
+
+function stateAt(record: Record, slot: number): number {
+  return slot === 0 ? record.first : record.rest![slot - 1];
+}
+
+function setState(record: Record, slot: number, state: number): void {
+  if (slot === 0) record.first = state;
+  else record.rest![slot - 1] = state;
+}
+
+/** Keeps messages in maps and arrays; every operation is synchronous under the hood. */
 export class MemoryStore implements MessageStore {
   #seq = 0;
-  /** Every kept message by key, in acceptance order. */
-  #messages = new Map<string, Record>();
-  /** Per recipient: message key → delivery state, in acceptance order. */
-  #inbox = new Map<string, Map<string, DeliveryState>>();
+  /** Every kept message: sender → id → record. */
+  #bySender = new Map<string, Map<string, Record>>();
+  #inbox = new Map<string, Inbox>();
   #pending = 0;
   #maxPerUser: number;
   #retentionMs: number;
@@ -59,101 +107,141 @@ export class MemoryStore implements MessageStore {
   }
 
   accept(message: NewMessage): Promise<AcceptResult> {
-    const key = keyOf(message.sender, message.id);
-    if (this.#messages.has(key)) return Promise.resolve({ duplicate: true });
-    this.#messages.set(key, {
+    const { sender, id, recipients } = message;
+    let ids = this.#bySender.get(sender);
+    if (!ids) this.#bySender.set(sender, ids = new Map());
+    else if (ids.has(id)) return DUPLICATE;
+    const count = recipients.length;
+    const record: Record = {
       seq: ++this.#seq,
-      sender: message.sender,
-      id: message.id,
+      sender,
+      id,
       type: message.type,
       text: message.text,
       acceptedAt: message.acceptedAt,
-      recipients: message.recipients,
-      holders: message.recipients.length,
-    });
-    for (const user of message.recipients) {
+      recipients,
+      holders: count,
+      first: PENDING,
+      rest: count > 1 ? new Array<number>(count - 1).fill(PENDING) : undefined,
+      index: undefined,
+    };
+    ids.set(id, record);
+    this.#pending += count;
+    for (const user of recipients) {
       let inbox = this.#inbox.get(user);
-      if (!inbox) this.#inbox.set(user, inbox = new Map());
-      inbox.set(key, "pending");
-      this.#pending++;
-      if (inbox.size > this.#maxPerUser) this.#dropOldest(user, inbox);
+      if (!inbox) this.#inbox.set(user, inbox = { records: [], head: 0 });
+      inbox.records.push(record);
+      if (inbox.records.length - inbox.head > this.#maxPerUser) this.#dropOldest(user, inbox);
     }
-    return Promise.resolve({ duplicate: false });
+    return ACCEPTED;
   }
 
-  #dropOldest(user: string, inbox: Map<string, DeliveryState>) {
-    const [oldest, state] = inbox.entries().next().value as [string, DeliveryState];
-    if (state !== "acknowledged") {
-      const record = this.#messages.get(oldest)!;
+  #find(sender: string, id: string): Record | undefined {
+    return this.#bySender.get(sender)?.get(id);
+  }
+
+  #dropOldest(user: string, inbox: Inbox) {
+    const oldest = inbox.records[inbox.head];
+    const state = stateAt(oldest, slotOf(oldest, user));
+    if (state !== ACKNOWLEDGED) {
       this.#logger?.warn("Per-user cap reached: dropped an unacknowledged message", {
         user,
-        sender: record.sender,
-        id: record.id,
+        sender: oldest.sender,
+        id: oldest.id,
         maxPerUser: this.#maxPerUser,
       });
     }
-    this.#forget(user, oldest);
+    this.#shift(user, inbox);
   }
 
-  /** Removes `user`'s hold on a message; the message goes when nobody holds it. */
-  #forget(user: string, key: string) {
-    const inbox = this.#inbox.get(user);
-    const state = inbox?.get(key);
-    if (state === undefined) return;
-    if (state !== "acknowledged") this.#pending--;
-    inbox!.delete(key);
-    if (inbox!.size === 0) this.#inbox.delete(user);
-    const record = this.#messages.get(key);
-    if (record && --record.holders === 0) this.#messages.delete(key);
+  /**
+   * Drops the oldest message of `user`'s inbox; the message goes when nobody
+   * holds it. Returns the record and whether that was its last hold.
+   */
+  #shift(user: string, inbox: Inbox): { record: Record; state: number; last: boolean } {
+    const record = inbox.records[inbox.head];
+    inbox.records[inbox.head++] = undefined as unknown as Record;
+    const size = inbox.records.length - inbox.head;
+    if (size === 0) this.#inbox.delete(user);
+    else if (inbox.head >= 1024 && inbox.head >= size) {
+      inbox.records = inbox.records.slice(inbox.head);
+      inbox.head = 0;
+    }
+    const slot = slotOf(record, user);
+    const state = stateAt(record, slot);
+    setState(record, slot, GONE);
+    if (state !== ACKNOWLEDGED) this.#pending--;
+    const last = --record.holders === 0;
+    if (last) {
+      const ids = this.#bySender.get(record.sender);
+      if (ids?.get(record.id) === record) {
+        ids.delete(record.id);
+        if (ids.size === 0) this.#bySender.delete(record.sender);
+      }
+    }
+    return { record, state, last };
+  }
+
+  /** The state of a message for `user`, with where to change it; undefined when not held. */
+  #held(user: string, sender: string, id: string): { record: Record; slot: number } | undefined {
+    const record = this.#find(sender, id);
+    if (!record) return undefined;
+    const slot = slotOf(record, user);
+    if (slot < 0 || stateAt(record, slot) === GONE) return undefined;
+    return { record, slot };
   }
 
   unacknowledged(userId: string): Promise<StoredMessage[]> {
     const result: StoredMessage[] = [];
-    for (const [key, state] of this.#inbox.get(userId) ?? []) {
-      if (state === "acknowledged") continue;
-      const { sender, id, type, text, acceptedAt } = this.#messages.get(key)!;
-      result.push({ sender, id, type, text, acceptedAt });
+    const inbox = this.#inbox.get(userId);
+    if (inbox) {
+      const { records } = inbox;
+      for (let i = inbox.head; i < records.length; i++) {
+        const record = records[i];
+        if (stateAt(record, slotOf(record, userId)) === ACKNOWLEDGED) continue;
+        const { sender, id, type, text, acceptedAt } = record;
+        result.push({ sender, id, type, text, acceptedAt });
+      }
     }
     return Promise.resolve(result);
   }
 
   markDelivered(userId: string, keys: MessageKey[]): Promise<void> {
-    const inbox = this.#inbox.get(userId);
-    if (inbox) {
-      for (const { sender, id } of keys) {
-        const key = keyOf(sender, id);
-        if (inbox.get(key) === "pending") inbox.set(key, "delivered");
+    for (const { sender, id } of keys) {
+      const held = this.#held(userId, sender, id);
+      if (held && stateAt(held.record, held.slot) === PENDING) {
+        setState(held.record, held.slot, DELIVERED);
       }
     }
-    return Promise.resolve();
+    return DONE;
   }
 
   acknowledge(userId: string, { sender, id }: MessageKey): Promise<boolean> {
-    const key = keyOf(sender, id);
-    const inbox = this.#inbox.get(userId);
-    const state = inbox?.get(key);
-    if (state === undefined) return Promise.resolve(false);
-    if (state !== "acknowledged") {
-      inbox!.set(key, "acknowledged");
+    const held = this.#held(userId, sender, id);
+    if (!held) return UNKNOWN;
+    if (stateAt(held.record, held.slot) !== ACKNOWLEDGED) {
+      setState(held.record, held.slot, ACKNOWLEDGED);
       this.#pending--;
     }
-    return Promise.resolve(true);
+    return KNOWN;
   }
 
   history(userId: string, peer: string, options: HistoryOptions): Promise<HistoryPage> {
     const before = options.before === undefined ? Infinity : Number(options.before);
-    const mine = this.#inbox.get(userId);
-    const theirs = this.#inbox.get(peer);
     const matches: { record: Record; state: DeliveryState }[] = [];
     // A message between the two sits in the recipient's inbox: peer's from me, mine from peer.
-    const collect = (inbox: Map<string, DeliveryState> | undefined, from: string) => {
-      for (const [key, state] of inbox ?? []) {
-        const record = this.#messages.get(key)!;
-        if (record.sender === from && record.seq < before) matches.push({ record, state });
+    const collect = (owner: string, from: string) => {
+      const inbox = this.#inbox.get(owner);
+      if (!inbox) return;
+      const { records } = inbox;
+      for (let i = inbox.head; i < records.length; i++) {
+        const record = records[i];
+        if (record.sender !== from || record.seq >= before) continue;
+        matches.push({ record, state: STATE_NAMES[stateAt(record, slotOf(record, owner))] });
       }
     };
-    collect(theirs, userId);
-    if (peer !== userId) collect(mine, peer);
+    collect(peer, userId);
+    if (peer !== userId) collect(userId, peer);
     matches.sort((a, b) => b.record.seq - a.record.seq);
     const page = matches.slice(0, options.limit);
     const more = matches.length > options.limit;
@@ -170,19 +258,18 @@ export class MemoryStore implements MessageStore {
     return Promise.resolve(this.#pending);
   }
 
+  /** Drops, from the front of every inbox, the messages older than the retention period. */
   sweep(now: number): Promise<number> {
     const cutoff = now - this.#retentionMs;
     let dropped = 0;
     let unacknowledged = 0;
-    for (const [key, record] of this.#messages) {
-      if (record.acceptedAt >= cutoff) break;
-      for (const user of record.recipients) {
-        const state = this.#inbox.get(user)?.get(key);
-        if (state !== undefined && state !== "acknowledged") unacknowledged++;
-        this.#forget(user, key);
+    for (const [user, inbox] of [...this.#inbox]) {
+      while (inbox.head < inbox.records.length) {
+        if (inbox.records[inbox.head].acceptedAt >= cutoff) break;
+        const { state, last } = this.#shift(user, inbox);
+        if (state !== ACKNOWLEDGED) unacknowledged++;
+        if (last) dropped++;
       }
-      this.#messages.delete(key);
-      dropped++;
     }
     if (dropped > 0) {
       const fields = { dropped, unacknowledged, retentionDays: this.#retentionMs / 86_400_000 };
@@ -194,6 +281,6 @@ export class MemoryStore implements MessageStore {
   }
 
   close(): Promise<void> {
-    return Promise.resolve();
+    return DONE;
   }
 }

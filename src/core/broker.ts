@@ -5,10 +5,16 @@
  * @module
  */
 
+import type { MessageKey } from "./store.ts";
+
 /** A frame on its way to the connections of some users. */
 export interface Delivery {
-  /** `sender\0id`: the key of the message, used to skip what a replay already sent. */
-  key: string;
+  /**
+   * The stored message the frame carries: the `users` reached are marked
+   * delivered, and a connection replaying stored messages skips it when the
+   * replay already sent it. Absent for frames that are not stored (receipts, typing).
+   */
+  stored?: MessageKey;
   /** The frame's JSON text. */
   text: string;
   /** Users who get the frame on every connection. */
@@ -17,8 +23,6 @@ export interface Delivery {
   echoTo?: string;
   /** The connection that sent it, `instance/connId`: it never gets its own frame. */
   origin?: string;
-  /** Mark the message delivered for the `users` reached (stored messages only). */
-  record: boolean;
   /** When the message was accepted, ms since the epoch (for the delivery latency metric). */
   acceptedAt?: number;
 }

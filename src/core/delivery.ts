@@ -39,7 +39,8 @@ export interface DeliveryObserver {
 /** Stored messages replayed between two waits for the socket to drain. */
 const REPLAY_CHUNK_BYTES = 32 * 1024;
 
-const keyOf = (key: MessageKey) => `${key.sender}\u0000${key.id}`;
+const DUPLICATE = Object.freeze({ duplicate: true });
+const ACCEPTED = Object.freeze({ duplicate: false });
 
 /** Options of {@link DeliveryService}. */
 export interface DeliveryOptions {
@@ -57,17 +58,20 @@ export class DeliveryService {
   #store: MessageStore;
   #broker: Broker;
   #hub: Hub;
-  #instance: string;
+  /** `instance/`: the start of this instance's connection references. */
+  #prefix: string;
   #logger: Logger;
   #observer: DeliveryObserver;
   /** Sends and receipts in progress, awaited by {@link idle}. */
-  #inflight = new Set<Promise<unknown>>();
+  #busy = 0;
+  /** Waiters of {@link idle}, woken when `#busy` drops to zero. */
+  #idleWaiters: (() => void)[] = [];
 
   constructor(options: DeliveryOptions) {
     this.#store = options.store;
     this.#broker = options.broker;
     this.#hub = options.hub;
-    this.#instance = options.instanceId;
+    this.#prefix = `${options.instanceId}/`;
     this.#logger = options.logger;
     this.#observer = options.observer ?? {};
   }
@@ -82,7 +86,7 @@ export class DeliveryService {
 
   /** A connection reference that other instances understand. */
   ref(conn: Connection): string {
-    return `${this.#instance}/${conn.id}`;
+    return this.#prefix + conn.id;
   }
 
   /**
@@ -91,48 +95,55 @@ export class DeliveryService {
    * `duplicate: true`, delivering nothing, when the sender already had a
    * message with this id accepted.
    */
-  send(message: Outgoing, origin?: Connection): Promise<{ duplicate: boolean }> {
-    return this.#track(this.#send(message, origin));
+  async send(message: Outgoing, origin?: Connection): Promise<{ duplicate: boolean }> {
+    this.#busy++;
+    try {
+      const acceptedAt = Date.now();
+      const stored = message.store !== false;
+      const { recipients } = message;
+      if (stored) {
+        const { duplicate } = await this.#store.accept({
+          sender: message.sender,
+          id: message.id,
+          type: message.type,
+          recipients,
+          text: message.text,
+          acceptedAt,
+        });
+        if (duplicate) return DUPLICATE;
+        if (this.#observer.storedForOffline) {
+          let offline: string[] | undefined;
+          for (const user of recipients) {
+            if (!this.#hub.isOnline(user)) (offline ??= []).push(user);
+          }
+          if (offline) this.#observer.storedForOffline(offline, message);
+        }
+      }
+      await this.#broker.publish({
+        stored: stored ? { sender: message.sender, id: message.id } : undefined,
+        text: message.text,
+        users: recipients,
+        echoTo: message.sender === SYSTEM ? undefined : message.sender,
+        origin: origin ? this.ref(origin) : undefined,
+        acceptedAt,
+      });
+      return ACCEPTED;
+    } finally {
+      this.#settled();
+    }
   }
 
   /** Resolves once every send and receipt in progress has settled (for shutdown). */
-  async idle(): Promise<void> {
-    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+  idle(): Promise<void> {
+    if (this.#busy === 0) return Promise.resolve();
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#idleWaiters.push(resolve);
+    return promise;
   }
 
-  #track<T>(work: Promise<T>): Promise<T> {
-    this.#inflight.add(work);
-    const forget = () => this.#inflight.delete(work);
-    work.then(forget, forget);
-    return work;
-  }
-
-  async #send(message: Outgoing, origin?: Connection): Promise<{ duplicate: boolean }> {
-    const acceptedAt = Date.now();
-    const stored = message.store !== false;
-    if (stored) {
-      const { duplicate } = await this.#store.accept({
-        sender: message.sender,
-        id: message.id,
-        type: message.type,
-        recipients: message.recipients,
-        text: message.text,
-        acceptedAt,
-      });
-      if (duplicate) return { duplicate };
-      const offline = message.recipients.filter((user) => !this.#hub.isOnline(user));
-      if (offline.length > 0) this.#observer.storedForOffline?.(offline, message);
-    }
-    await this.#broker.publish({
-      key: keyOf(message),
-      text: message.text,
-      users: message.recipients,
-      echoTo: message.sender === SYSTEM ? undefined : message.sender,
-      origin: origin ? this.ref(origin) : undefined,
-      record: stored,
-      acceptedAt,
-    });
-    return { duplicate: false };
+  #settled(): void {
+    if (--this.#busy > 0 || this.#idleWaiters.length === 0) return;
+    for (const resolve of this.#idleWaiters.splice(0)) resolve();
   }
 
   /**
@@ -140,27 +151,26 @@ export class DeliveryService {
    * frame to the original sender and to the user's other connections. Resolves
    * false when no such message to `userId` is known.
    */
-  receipt(
+  async receipt(
     userId: string,
     key: MessageKey,
     text: string,
     origin?: Connection,
   ): Promise<boolean> {
-    return this.#track(this.#receipt(userId, key, text, origin));
-  }
-
-  async #receipt(userId: string, key: MessageKey, text: string, origin?: Connection) {
-    const known = await this.#store.acknowledge(userId, key);
-    if (!known) return false;
-    await this.#broker.publish({
-      key: `receipt\u0000${userId}\u0000${keyOf(key)}`,
-      text,
-      users: key.sender === SYSTEM ? [] : [key.sender],
-      echoTo: userId,
-      origin: origin ? this.ref(origin) : undefined,
-      record: false,
-    });
-    return true;
+    this.#busy++;
+    try {
+      const known = await this.#store.acknowledge(userId, key);
+      if (!known) return false;
+      await this.#broker.publish({
+        text,
+        users: key.sender === SYSTEM ? [] : [key.sender],
+        echoTo: userId,
+        origin: origin ? this.ref(origin) : undefined,
+      });
+      return true;
+    } finally {
+      this.#settled();
+    }
   }
 
   /**
@@ -190,7 +200,7 @@ export class DeliveryService {
           bytes = 0;
           if (!await conn.drain()) break;
         }
-        this.#hub.replay(conn, keyOf(message), message.text);
+        this.#hub.replay(conn, message);
         bytes += message.text.length;
         sent++;
       }
@@ -220,24 +230,27 @@ export class DeliveryService {
 
   /** Delivers a routed frame to this instance's connections. */
   #deliverHere(delivery: Routed): void {
-    const prefix = `${this.#instance}/`;
+    const prefix = this.#prefix;
     const except = delivery.origin?.startsWith(prefix)
       ? Number(delivery.origin.slice(prefix.length))
       : -1;
+    const { stored, text } = delivery;
     let sent = 0;
+    let keys: MessageKey[] | undefined;
     for (const user of delivery.users) {
-      const reached = this.#hub.deliver(user, delivery.key, delivery.text, except);
+      const reached = this.#hub.deliver(user, text, except, stored);
+      if (reached === 0) continue;
       sent += reached;
-      if (reached > 0 && delivery.record) {
-        const [sender, id] = delivery.key.split("\u0000");
-        this.#store.markDelivered(user, [{ sender, id }]).catch((error) =>
+      if (stored) {
+        keys ??= [stored];
+        this.#store.markDelivered(user, keys).catch((error) =>
           this.#logger.warn("Could not mark a message delivered", { user, error })
         );
       }
     }
     const echo = delivery.echoTo;
     if (echo !== undefined && !delivery.users.includes(echo)) {
-      sent += this.#hub.deliver(echo, delivery.key, delivery.text, except);
+      sent += this.#hub.deliver(echo, text, except, stored);
     }
     if (sent > 0) this.#observer.sent?.(sent, delivery.acceptedAt);
   }

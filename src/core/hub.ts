@@ -5,6 +5,7 @@
  *
  * @module
  */
+import type { MessageKey } from "./store.ts";
 
 /** A registered connection, as the core sees it. */
 export interface Connection {
@@ -27,9 +28,12 @@ export interface Connection {
 
 /** Live frames held back while a connection replays its stored messages. */
 interface Replay {
-  buffer: { key: string; text: string }[];
+  buffer: { stored?: MessageKey; text: string }[];
+  /** `sender\0id` of every message the replay sent. */
   replayed: Set<string>;
 }
+
+const keyOf = (key: MessageKey) => `${key.sender}\u0000${key.id}`;
 
 /** The registered connections of this instance. */
 export class Hub {
@@ -97,26 +101,27 @@ export class Hub {
   /**
    * Sends a frame to every connection of `userId` except `exceptId`. A
    * connection still replaying stored messages gets it after the replay, unless
-   * the replay already carried it. Returns how many connections were reached.
+   * the replay already carried the `stored` message. Returns how many
+   * connections were reached.
    */
-  deliver(userId: string, key: string, text: string, exceptId = -1): number {
+  deliver(userId: string, text: string, exceptId = -1, stored?: MessageKey): number {
     const clients = this.#users.get(userId);
     if (!clients) return 0;
     let reached = 0;
     for (const conn of clients.values()) {
       if (conn.id === exceptId) continue;
       const replay = this.#replays.get(conn.id);
-      if (replay) replay.buffer.push({ key, text });
+      if (replay) replay.buffer.push({ stored, text });
       else conn.send(text);
       reached++;
     }
     return reached;
   }
 
-  /** Sends a stored message during the replay of `conn` and remembers its key. */
-  replay(conn: Connection, key: string, text: string): void {
-    this.#replays.get(conn.id)?.replayed.add(key);
-    conn.send(text);
+  /** Sends a stored message during the replay of `conn` and remembers it. */
+  replay(conn: Connection, message: MessageKey & { text: string }): void {
+    this.#replays.get(conn.id)?.replayed.add(keyOf(message));
+    conn.send(message.text);
   }
 
   /** Ends the replay of `conn`: sends the live frames it held back, skipping replayed ones. */
@@ -124,8 +129,8 @@ export class Hub {
     const replay = this.#replays.get(conn.id);
     if (!replay) return;
     this.#replays.delete(conn.id);
-    for (const { key, text } of replay.buffer) {
-      if (!replay.replayed.has(key)) conn.send(text);
+    for (const { stored, text } of replay.buffer) {
+      if (!stored || !replay.replayed.has(keyOf(stored))) conn.send(text);
     }
   }
 }

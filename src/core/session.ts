@@ -87,6 +87,12 @@ function failed(error: unknown): Status {
   return { code: StatusCode.FAILED, msg };
 }
 
+const ACCEPTED: Status = Object.freeze({ code: StatusCode.SUCCESS });
+const ALREADY_ACCEPTED: Status = Object.freeze({
+  code: StatusCode.SUCCESS,
+  msg: "Already accepted",
+});
+
 /** Handles the frames of one connection. */
 export class ClientSession {
   #deps: SessionDeps;
@@ -214,24 +220,24 @@ export class ClientSession {
     } else {
       work = this.#deps.custom.handle(message, raw, this.#conn!);
     }
-    work.catch((error) => {
-      this.#deps.logger.error("Frame failed", { type, error });
-      return failed(error);
-    }).then((status) => {
+    work.then((status) => {
       if (type !== MessageType.REGISTER) this.#answer(id, type, status.code, status.msg);
+    }, (error) => {
+      this.#deps.logger.error("Frame failed", { type, error });
+      const status = failed(error);
+      this.#answer(id, type, status.code, status.msg);
     });
   }
 
-  async #send(message: Message, raw: string): Promise<Status> {
+  #send(message: Message, raw: string): Promise<Status> {
     const conn = this.#conn!;
-    const { duplicate } = await this.#deps.delivery.send({
+    return this.#deps.delivery.send({
       sender: conn.userId,
       id: message.id,
       type: message.type,
       recipients: splitRecipients(message.to)!,
       text: deliveryText(message, raw),
-    }, conn);
-    return { code: StatusCode.SUCCESS, msg: duplicate ? "Already accepted" : undefined };
+    }, conn).then(({ duplicate }) => duplicate ? ALREADY_ACCEPTED : ACCEPTED);
   }
 
   async #receipt(message: Message, raw: string): Promise<Status> {
