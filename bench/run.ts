@@ -22,6 +22,7 @@ import {
   type Paths,
   type Running,
   start,
+  startV8Flags,
   type TargetName,
   TARGETS,
   unavailable,
@@ -272,7 +273,8 @@ if (import.meta.main) {
     `\n${new Date().toISOString()} — ${machine()} — median of ${settings.runs} run(s), ` +
       `idle cells ${Math.min(settings.runs, settings.idleRuns)} run(s), ` +
       `warmup ${settings.warmupMs / 1000} s, measured ${settings.durationMs / 1000} s, ` +
-      `window ${settings.window}, ${settings.gens} generator process(es), total ${
+      `window ${settings.window}, ${settings.gens} generator process(es), ` +
+      `Deno servers run with ${startV8Flags(root).join(" ") || "no V8 flags"}, total ${
         seconds.toFixed(0)
       } s\n`,
   );

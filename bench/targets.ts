@@ -77,6 +77,16 @@ export function imConfig(users: number, driver: "memory" | "sqlite", dir: string
   return lines.join("\n") + "\n";
 }
 
+/**
+ * The `--v8-flags=…` argument of `deno task start` in `deno.json`, so the benchmark runs our server
+ * the way users run it (and gives the bare relay the same runtime flags); none when it has none.
+ */
+export function startV8Flags(root: string): string[] {
+  const config = JSON.parse(Deno.readTextFileSync(`${root}/deno.json`));
+  const flag = String(config.tasks?.start ?? "").match(/--v8-flags=\S+/);
+  return flag ? [flag[0]] : [];
+}
+
 /** Ensures `bench/peers/node_modules` exists (runs `npm ci` there once). */
 export async function ensurePeers(paths: Paths): Promise<void> {
   const peers = `${paths.root}/bench/peers`;
@@ -105,10 +115,11 @@ export async function ensurePeers(paths: Paths): Promise<void> {
  */
 export async function start(target: TargetName, users: number, paths: Paths): Promise<Running> {
   const dir = await Deno.makeTempDir({ prefix: "im-bench-" });
+  const v8Flags = startV8Flags(paths.root);
   let command: Deno.Command;
   if (target === "bare") {
     command = new Deno.Command(paths.deno, {
-      args: ["run", "-A", "bench/peers/bare_relay.ts"],
+      args: ["run", ...v8Flags, "-A", "bench/peers/bare_relay.ts"],
       cwd: paths.root,
       stdout: "piped",
       stderr: "piped",
@@ -128,7 +139,7 @@ export async function start(target: TargetName, users: number, paths: Paths): Pr
       imConfig(users, target === "im-sqlite" ? "sqlite" : "memory", dir),
     );
     command = new Deno.Command(paths.deno, {
-      args: ["run", "-A", "main.ts", "--config", config],
+      args: ["run", ...v8Flags, "-A", "main.ts", "--config", config],
       cwd: paths.root,
       stdout: "piped",
       stderr: "piped",

@@ -62,6 +62,10 @@ export class DeliveryService {
   #prefix: string;
   #logger: Logger;
   #observer: DeliveryObserver;
+  /** Logs a failed markDelivered (one function for every call: none is made per frame). */
+  #markFailed = (error: unknown) => {
+    this.#logger.warn("Could not mark a message delivered", { error });
+  };
   /** Sends and receipts in progress, awaited by {@link idle}. */
   #busy = 0;
   /** Waiters of {@link idle}, woken when `#busy` drops to zero. */
@@ -243,9 +247,7 @@ export class DeliveryService {
       sent += reached;
       if (stored) {
         keys ??= [stored];
-        this.#store.markDelivered(user, keys).catch((error) =>
-          this.#logger.warn("Could not mark a message delivered", { user, error })
-        );
+        this.#store.markDelivered(user, keys).catch(this.#markFailed);
       }
     }
     const echo = delivery.echoTo;

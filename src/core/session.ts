@@ -87,12 +87,6 @@ function failed(error: unknown): Status {
   return { code: StatusCode.FAILED, msg };
 }
 
-const ACCEPTED: Status = Object.freeze({ code: StatusCode.SUCCESS });
-const ALREADY_ACCEPTED: Status = Object.freeze({
-  code: StatusCode.SUCCESS,
-  msg: "Already accepted",
-});
-
 /** Handles the frames of one connection. */
 export class ClientSession {
   #deps: SessionDeps;
@@ -209,12 +203,26 @@ export class ClientSession {
 
   #dispatch(message: Message, raw: string): void {
     const { id, type } = message;
+    if (DELIVERED_TYPES.has(type)) {
+      // The busiest path: one promise reaction per frame.
+      const conn = this.#conn!;
+      this.#deps.delivery.send({
+        sender: conn.userId,
+        id,
+        type,
+        recipients: splitRecipients(message.to)!,
+        text: deliveryText(message, raw),
+      }, conn).then(
+        ({ duplicate }) =>
+          this.#answer(id, type, StatusCode.SUCCESS, duplicate ? "Already accepted" : undefined),
+        (error) => this.#failed(id, type, error),
+      );
+      return;
+    }
     let work: Promise<Status>;
     if (type === MessageType.REGISTER) {
       this.#waiting = [];
       work = this.#register(message);
-    } else if (DELIVERED_TYPES.has(type)) {
-      work = this.#send(message, raw);
     } else if (type === MessageType.RECEIPT) {
       work = this.#receipt(message, raw);
     } else {
@@ -222,22 +230,14 @@ export class ClientSession {
     }
     work.then((status) => {
       if (type !== MessageType.REGISTER) this.#answer(id, type, status.code, status.msg);
-    }, (error) => {
-      this.#deps.logger.error("Frame failed", { type, error });
-      const status = failed(error);
-      this.#answer(id, type, status.code, status.msg);
-    });
+    }, (error) => this.#failed(id, type, error));
   }
 
-  #send(message: Message, raw: string): Promise<Status> {
-    const conn = this.#conn!;
-    return this.#deps.delivery.send({
-      sender: conn.userId,
-      id: message.id,
-      type: message.type,
-      recipients: splitRecipients(message.to)!,
-      text: deliveryText(message, raw),
-    }, conn).then(({ duplicate }) => duplicate ? ALREADY_ACCEPTED : ACCEPTED);
+  /** Answers a frame whose handling threw. */
+  #failed(id: string, type: number, error: unknown): void {
+    this.#deps.logger.error("Frame failed", { type, error });
+    const status = failed(error);
+    this.#answer(id, type, status.code, status.msg);
   }
 
   async #receipt(message: Message, raw: string): Promise<Status> {
