@@ -24,7 +24,9 @@
  * profile): each message dirties about one page of each B-tree keyed by user,
  * written whole to the WAL and later checkpointed (the kernel write path is
  * ~40% of the profile). So the schema keeps only two such trees (see
- * `MIGRATIONS`) and checkpoints every 4000 pages.
+ * `MIGRATIONS`) and checkpoints every 4000 pages. Checkpoints run inside a
+ * commit on the main thread; with `synchronous: "normal"` a worker keeps the
+ * WAL flushed meanwhile (`wal_syncer.ts`), so their fsync is short.
  *
  * Locking: the connection uses `locking_mode=EXCLUSIVE` and takes the write
  * lock at open, so a second server (in this or another process) opening the
@@ -56,6 +58,7 @@ import type {
   StoredMessage,
 } from "../core/store.ts";
 import type { Logger } from "../log.ts";
+import { WalSyncer } from "./wal_syncer.ts";
 
 /** Most operations written in one transaction. */
 export const MAX_BATCH = 256;
@@ -221,7 +224,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Sqli
     db.exec("PRAGMA wal_autocheckpoint = 4000"); // pages: a WAL of about 16 MiB
     db.exec("PRAGMA cache_size = -32768"); // 32 MiB of page cache
     await Deno.writeTextFile(pidPath, `${Deno.pid}\n`);
-    return new SqliteStore(db, pidPath, options);
+    return new SqliteStore(db, path, options);
   } catch (error) {
     db.close();
     if ((error as Error).message.startsWith("Storage ")) throw error;
@@ -261,6 +264,8 @@ export class SqliteStore implements MessageStore {
   #retentionMs: number;
   #logger?: Logger;
   #closed = false;
+  /** Flushes the WAL off the main thread (synchronous=NORMAL only). */
+  #walSync?: WalSyncer;
 
   /** Write operations not yet committed, in call order. */
   #queue: Op[] = [];
@@ -291,9 +296,10 @@ export class SqliteStore implements MessageStore {
   #deleteOrphan: StatementSync;
 
   /** Use {@link openSqliteStore}. */
-  constructor(db: DatabaseSync, pidPath: string, options: SqliteStoreOptions) {
+  constructor(db: DatabaseSync, path: string, options: SqliteStoreOptions) {
     this.#db = db;
-    this.#pidPath = pidPath;
+    this.#pidPath = `${path}.pid`;
+    if (options.synchronous !== "full") this.#walSync = new WalSyncer(`${path}-wal`);
     this.#maxPerUser = options.maxPerUser ?? 10000;
     this.#retentionMs = (options.retentionDays ?? 30) * 86_400_000;
     this.#logger = options.logger;
@@ -523,6 +529,7 @@ export class SqliteStore implements MessageStore {
     this.#flush();
     this.#closed = true;
     await this.#sweeping?.catch(() => {});
+    this.#walSync?.close();
     this.#db.close();
     try {
       await Deno.remove(this.#pidPath);
@@ -593,6 +600,7 @@ export class SqliteStore implements MessageStore {
     try {
       result = work(delta);
       this.#db.exec("COMMIT");
+      this.#walSync?.touched();
     } catch (error) {
       if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
       throw error;
