@@ -7,6 +7,14 @@
 
 import type { MessageKey } from "./store.ts";
 
+/** A connection, as other instances know it. */
+export interface Origin {
+  /** The instance's id. */
+  instance: string;
+  /** The connection's id on that instance. */
+  conn: number;
+}
+
 /** A frame on its way to the connections of some users. */
 export interface Delivery {
   /**
@@ -21,8 +29,8 @@ export interface Delivery {
   users: string[];
   /** Also send to this user's connections (the sender's other devices), never marked delivered. */
   echoTo?: string;
-  /** The connection that sent it, `instance/connId`: it never gets its own frame. */
-  origin?: string;
+  /** The connection that sent it (its instance and connection id): it never gets its own frame. */
+  origin?: Origin;
   /** When the message was accepted, ms since the epoch (for the delivery latency metric). */
   acceptedAt?: number;
 }

@@ -58,8 +58,7 @@ export class DeliveryService {
   #store: MessageStore;
   #broker: Broker;
   #hub: Hub;
-  /** `instance/`: the start of this instance's connection references. */
-  #prefix: string;
+  #instance: string;
   #logger: Logger;
   #observer: DeliveryObserver;
   /** Logs a failed markDelivered (one function for every call: none is made per frame). */
@@ -75,7 +74,7 @@ export class DeliveryService {
     this.#store = options.store;
     this.#broker = options.broker;
     this.#hub = options.hub;
-    this.#prefix = `${options.instanceId}/`;
+    this.#instance = options.instanceId;
     this.#logger = options.logger;
     this.#observer = options.observer ?? {};
   }
@@ -90,7 +89,7 @@ export class DeliveryService {
 
   /** A connection reference that other instances understand. */
   ref(conn: Connection): string {
-    return this.#prefix + conn.id;
+    return `${this.#instance}/${conn.id}`;
   }
 
   /**
@@ -128,7 +127,7 @@ export class DeliveryService {
         text: message.text,
         users: recipients,
         echoTo: message.sender === SYSTEM ? undefined : message.sender,
-        origin: origin ? this.ref(origin) : undefined,
+        origin: origin ? { instance: this.#instance, conn: origin.id } : undefined,
         acceptedAt,
       });
       return ACCEPTED;
@@ -169,7 +168,7 @@ export class DeliveryService {
         text,
         users: key.sender === SYSTEM ? [] : [key.sender],
         echoTo: userId,
-        origin: origin ? this.ref(origin) : undefined,
+        origin: origin ? { instance: this.#instance, conn: origin.id } : undefined,
       });
       return true;
     } finally {
@@ -234,10 +233,8 @@ export class DeliveryService {
 
   /** Delivers a routed frame to this instance's connections. */
   #deliverHere(delivery: Routed): void {
-    const prefix = this.#prefix;
-    const except = delivery.origin?.startsWith(prefix)
-      ? Number(delivery.origin.slice(prefix.length))
-      : -1;
+    const { origin } = delivery;
+    const except = origin?.instance === this.#instance ? origin.conn : -1;
     const { stored, text } = delivery;
     let sent = 0;
     let keys: MessageKey[] | undefined;

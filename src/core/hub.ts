@@ -108,9 +108,10 @@ export class Hub {
     const clients = this.#users.get(userId);
     if (!clients) return 0;
     let reached = 0;
+    const replaying = this.#replays.size > 0;
     for (const conn of clients.values()) {
       if (conn.id === exceptId) continue;
-      const replay = this.#replays.get(conn.id);
+      const replay = replaying ? this.#replays.get(conn.id) : undefined;
       if (replay) replay.buffer.push({ stored, text });
       else conn.send(text);
       reached++;

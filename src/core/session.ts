@@ -15,11 +15,11 @@ import {
 import {
   decodeFrame,
   deliveryText,
-  encodeSendStatus,
   type Message,
   NoticeBodySchema,
   parseJsonBody,
   RegisterBodySchema,
+  sendStatusEncoder,
   splitRecipients,
   StatusBodySchema,
 } from "../protocol/frame.ts";
@@ -87,6 +87,8 @@ function failed(error: unknown): Status {
   return { code: StatusCode.FAILED, msg };
 }
 
+const UNREGISTERED_REPLY = sendStatusEncoder("");
+
 /** Handles the frames of one connection. */
 export class ClientSession {
   #deps: SessionDeps;
@@ -95,6 +97,8 @@ export class ClientSession {
   /** Frames that arrived while a register was in flight, handled after it. */
   #waiting?: string[];
   #closed = false;
+  /** Encodes this connection's 9001 replies (to "" until registered). */
+  #reply = UNREGISTERED_REPLY;
 
   constructor(deps: SessionDeps, socket: SocketPort) {
     this.#deps = deps;
@@ -118,12 +122,15 @@ export class ClientSession {
       return;
     }
     const { message, raw } = decoded;
-    const status = this.#check(message);
+    const recipients = message.type === MessageType.REGISTER
+      ? undefined
+      : splitRecipients(message.to);
+    const status = this.#check(message, recipients);
     if (status) {
       this.#answer(message.id, message.type, status.code, status.msg);
       return;
     }
-    this.#dispatch(message, raw);
+    this.#dispatch(message, raw, recipients!);
   }
 
   /** The connection closed: leave the hub. Safe to call more than once. */
@@ -134,8 +141,11 @@ export class ClientSession {
     if (conn && this.#deps.hub.remove(conn)) this.#deps.events.disconnected?.(conn);
   }
 
-  /** The checks of section 6 that need no I/O; undefined when they all pass. */
-  #check(message: Message): Status | undefined {
+  /**
+   * The checks of section 6 that need no I/O; undefined when they all pass.
+   * `recipients`: `to` split (absent for a register).
+   */
+  #check(message: Message, recipients: string[] | undefined): Status | undefined {
     const { type } = message;
     const conn = this.#conn;
     if (type !== MessageType.REGISTER && !conn) {
@@ -160,7 +170,6 @@ export class ClientSession {
         msg: 'Body must be the JSON string of {"sessionId": "…"}',
       };
     }
-    const recipients = splitRecipients(message.to);
     if (!recipients) {
       return { code: StatusCode.TO_ERROR, msg: '"to" is empty or has an empty entry' };
     }
@@ -201,7 +210,7 @@ export class ClientSession {
     }
   }
 
-  #dispatch(message: Message, raw: string): void {
+  #dispatch(message: Message, raw: string, recipients: string[]): void {
     const { id, type } = message;
     if (DELIVERED_TYPES.has(type)) {
       // The busiest path: one promise reaction per frame.
@@ -210,7 +219,7 @@ export class ClientSession {
         sender: conn.userId,
         id,
         type,
-        recipients: splitRecipients(message.to)!,
+        recipients,
         text: deliveryText(message, raw),
       }, conn).then(
         ({ duplicate }) =>
@@ -309,6 +318,7 @@ export class ClientSession {
       drain: () => socket.drain?.() ?? Promise.resolve(true),
     };
     this.#conn = conn;
+    this.#reply = sendStatusEncoder(conn.userId);
     await this.#deps.delivery.register(conn, () => {
       this.#answer(message.id, message.type, StatusCode.SUCCESS);
       this.#deps.events.registered?.(conn);
@@ -317,7 +327,7 @@ export class ClientSession {
   }
 
   #answer(id: string, type: number, code: number, msg?: string): void {
-    this.#socket.send(encodeSendStatus(id, this.#conn?.userId ?? "", code, msg));
+    this.#socket.send(this.#reply(id, code, msg));
     this.#deps.events.answered?.(type, code);
   }
 }

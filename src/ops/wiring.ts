@@ -108,8 +108,10 @@ export function createOps(config: Config, deps: OpsDeps): Ops {
 
   const observer: DeliveryObserver = {
     sent: (count, acceptedAt) => metrics.framesSent(count, acceptedAt),
-    storedForOffline(userIds: string[], message: Outgoing) {
-      if (!webhooks.wants("message.offline")) return;
+  };
+  // Only when a webhook wants it: the delivery path then skips its per-recipient online check.
+  if (webhooks.wants("message.offline")) {
+    observer.storedForOffline = (userIds: string[], message: Outgoing) => {
       // In the background: the hub said offline here; the presence knows every instance.
       presence.lookup(userIds).then((found) => {
         const offline = userIds.filter((user) => !found.has(user));
@@ -128,8 +130,8 @@ export function createOps(config: Config, deps: OpsDeps): Ops {
           frame,
         });
       }).catch(warn("Presence lookup for message.offline failed"));
-    },
-  };
+    };
+  }
 
   return {
     metrics,

@@ -154,15 +154,30 @@ export function statusBody(code: number, msg?: string): string {
 /** `body` values of 9001 frames with the default msg, already JSON-encoded as strings. */
 const DEFAULT_BODIES = new Map<number, string>();
 
-/** Encodes the 9001 reply to a frame. */
-export function encodeSendStatus(id: string, to: string, code: number, msg?: string): string {
+/** The `body` of a 9001 frame, JSON-encoded (a JSON string holding the StatusBody's JSON). */
+function sendStatusBody(code: number, msg?: string): string {
   let body = msg === undefined ? DEFAULT_BODIES.get(code) : undefined;
   if (body === undefined) {
     body = JSON.stringify(statusBody(code, msg));
     if (msg === undefined) DEFAULT_BODIES.set(code, body);
   }
-  return `{"id":${JSON.stringify(id)},"type":${MessageType.SEND_STATUS},"isSystem":true,` +
-    `"from":"${SYSTEM}","to":${JSON.stringify(to)},"body":${body},"timestamp":${Date.now()}}`;
+  return body;
+}
+
+/**
+ * An encoder of 9001 replies to one user (a connection's): the constant part
+ * of the frame is built once, so a reply costs one `JSON.stringify` of its id.
+ */
+export function sendStatusEncoder(to: string): (id: string, code: number, msg?: string) => string {
+  const middle = `,"type":${MessageType.SEND_STATUS},"isSystem":true,"from":"${SYSTEM}",` +
+    `"to":${JSON.stringify(to)},"body":`;
+  return (id, code, msg) =>
+    `{"id":${JSON.stringify(id)}${middle}${sendStatusBody(code, msg)},"timestamp":${Date.now()}}`;
+}
+
+/** Encodes the 9001 reply to a frame. */
+export function encodeSendStatus(id: string, to: string, code: number, msg?: string): string {
+  return sendStatusEncoder(to)(id, code, msg);
 }
 
 /**
