@@ -110,6 +110,42 @@ export async function startServer(patch: DeepPartial<ConfigInput> = {}): Promise
   };
 }
 
+/** A server process's output, read by {@link untilListening}. */
+export interface ProcessOutput {
+  /** The URL of its `listening on http://…` line; rejects if the output ends first. */
+  url: Promise<string>;
+  /** Everything it printed so far. */
+  text(): string;
+  /** Settles when every stream has ended (the process exited or closed them). */
+  drained: Promise<void>;
+}
+
+/**
+ * Reads a server process's streams (stdout, and stderr if given) until its
+ * `listening on` line, and keeps draining them afterwards so the child never
+ * blocks on a full pipe.
+ */
+export function untilListening(...streams: ReadableStream<Uint8Array>[]): ProcessOutput {
+  let out = "";
+  const listening = Promise.withResolvers<string>();
+  const collect = async (stream: ReadableStream<Uint8Array>) => {
+    try {
+      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+        out += chunk;
+        const match = out.match(/listening on (http:\/\/[^\s/]+)/);
+        if (match) listening.resolve(match[1]);
+      }
+    } catch {
+      // The process was killed mid-read.
+    }
+  };
+  const drained = Promise.all(streams.map(collect)).then(() => {
+    listening.reject(new Error(`The process exited before listening:\n${out}`));
+  });
+  listening.promise.catch(() => {}); // a caller that got its URL may not wait for the end
+  return { url: listening.promise, text: () => out, drained };
+}
+
 /** POST /app/login; returns the token. */
 export async function login(url: string, username: string, password: string): Promise<string> {
   const response = await fetch(`${url}/app/login`, {

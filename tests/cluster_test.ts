@@ -12,6 +12,7 @@ import {
   TEST_USERS,
   TestClient,
   type TestServer,
+  untilListening,
   wsSession,
 } from "./_helpers.ts";
 import { eventually, RedisServer, SKIP_REASON } from "./_redis.ts";
@@ -327,18 +328,9 @@ async function spawnInstance(redisUrl: string, dir: string) {
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
-  // Drain stdout to the end, and resolve the URL from the "listening on" line.
-  const listening = Promise.withResolvers<string>();
-  const drained = (async () => {
-    let text = "";
-    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-      text += chunk;
-      const match = text.match(/listening on (http:\/\/\S+)/);
-      if (match) listening.resolve(match[1]);
-    }
-    listening.reject(new Error(`The instance exited before listening: ${text}`));
-  })();
-  const url = await listening.promise;
+  const output = untilListening(child.stdout);
+  const url = await output.url;
+  const drained = output.drained;
   return {
     url,
     wsUrl: `${url.replace("http", "ws")}/websocket`,

@@ -4,8 +4,8 @@
  * (denort): it is downloaded from the internet, or taken from DENORT_BIN. This
  * test runs only where DENORT_BIN points at one.
  */
-import { assert, assertEquals } from "./_assert.ts";
-import { login, TestClient, wsSession } from "./_helpers.ts";
+import { assertEquals } from "./_assert.ts";
+import { login, TestClient, untilListening, wsSession } from "./_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const denort = Deno.env.get("DENORT_BIN");
@@ -38,16 +38,8 @@ Deno.test({
       stdout: "piped",
       stderr: "null",
     }).spawn();
-    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let out = "";
-    let url: string | undefined;
-    while (!url) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      out += value;
-      url = out.match(/listening on (http:\/\/[\d.]+:\d+)/)?.[1];
-    }
-    assert(url, out);
+    const output = untilListening(child.stdout);
+    const url = await output.url;
     const page = await fetch(`${url}/`);
     assertEquals(page.status, 200, "the console is embedded");
     await page.body?.cancel();
@@ -74,7 +66,7 @@ Deno.test({
     await client.close();
     child.kill("SIGTERM");
     assertEquals((await child.status).code, 0);
-    await reader.cancel();
+    await output.drained;
     await Deno.remove(dir, { recursive: true });
   },
 });

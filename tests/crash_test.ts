@@ -5,7 +5,14 @@
  * order.
  */
 import { assert, assertEquals } from "./_assert.ts";
-import { type Frame, login, TEST_USERS, TestClient, wsSession } from "./_helpers.ts";
+import {
+  type Frame,
+  login,
+  TEST_USERS,
+  TestClient,
+  untilListening,
+  wsSession,
+} from "./_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -29,21 +36,9 @@ async function spawnServer(dir: string) {
     stdout: "piped",
     stderr: "null",
   }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let out = "";
-  let url: string | undefined;
-  while (!url) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`Server exited before listening: ${out}`);
-    out += value;
-    url = out.match(/listening on (http:\/\/[\d.]+:\d+)/)?.[1];
-  }
-  // Keep draining stdout so the child never blocks on a full pipe.
-  const drained = (async () => {
-    try {
-      while (!(await reader.read()).done) { /* discard */ }
-    } catch { /* killed */ }
-  })();
+  const output = untilListening(child.stdout);
+  const url = await output.url;
+  const drained = output.drained;
   return { url, child, drained };
 }
 

@@ -1,5 +1,6 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { verifyPassword } from "../src/auth/password.ts";
+import { untilListening } from "./_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -70,17 +71,10 @@ Deno.test("a bad config stops start-up naming the file, the key path and the rea
 
 Deno.test("main.ts serves config.yaml with IM_PORT, prints its address and stops on SIGTERM", async () => {
   const child = deno(RUN, { IM_PORT: "0" }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let out = "";
-  let match: RegExpMatchArray | null = null;
-  while (!match) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    out += value;
-    match = out.match(/listening on (http:\/\/127\.0\.0\.1:(\d+))/);
-  }
-  assert(match, out);
-  const response = await fetch(`${match[1]}/app/login`, {
+  const output = untilListening(child.stdout);
+  const url = await output.url;
+  assert(url.startsWith("http://127.0.0.1:"), url);
+  const response = await fetch(`${url}/app/login`, {
     method: "POST",
     body: JSON.stringify({ username: "alice", password: "alice-password" }),
   });
@@ -89,7 +83,7 @@ Deno.test("main.ts serves config.yaml with IM_PORT, prints its address and stops
   child.kill("SIGTERM");
   const status = await child.status;
   assertEquals(status.code, 0);
-  await reader.cancel();
+  await output.drained;
   await child.stderr.cancel();
 });
 

@@ -1,5 +1,13 @@
 import { assert, assertEquals } from "./_assert.ts";
-import { type Frame, login, TEST_API_KEY, TEST_USERS, TestClient, wsSession } from "./_helpers.ts";
+import {
+  type Frame,
+  login,
+  TEST_API_KEY,
+  TEST_USERS,
+  TestClient,
+  untilListening,
+  wsSession,
+} from "./_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -28,26 +36,15 @@ ${extraYaml}`,
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  let out = "";
-  const listening = Promise.withResolvers<string>();
-  const collect = async (stream: ReadableStream<Uint8Array>) => {
-    for await (const text of stream.pipeThrough(new TextDecoderStream())) {
-      out += text;
-      const match = out.match(/listening on (http:\/\/127\.0\.0\.1:\d+)/);
-      if (match) listening.resolve(match[1]);
-    }
-  };
-  const done = Promise.all([collect(child.stdout), collect(child.stderr)]).then(() => {
-    listening.reject(new Error(`main.ts exited before listening:\n${out}`));
-  });
-  const url = await listening.promise;
+  const output = untilListening(child.stdout, child.stderr);
+  const url = await output.url;
   return {
     url,
     child,
-    output: () => out,
+    output: output.text,
     async finish() {
       const status = await child.status;
-      await done;
+      await output.drained;
       await Deno.remove(dir, { recursive: true });
       return status;
     },
