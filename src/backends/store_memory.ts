@@ -156,9 +156,9 @@ export class MemoryStore implements MessageStore {
 
   /**
    * Drops the oldest message of `user`'s inbox; the message goes when nobody
-   * holds it. Returns the record and whether that was its last hold.
+   * holds it. Returns the state it had for `user` and whether that was its last hold.
    */
-  #shift(user: string, inbox: Inbox): { record: Record; state: number; last: boolean } {
+  #shift(user: string, inbox: Inbox): { state: number; last: boolean } {
     const record = inbox.records[inbox.head];
     inbox.records[inbox.head++] = undefined as unknown as Record;
     const size = inbox.records.length - inbox.head;
@@ -179,7 +179,7 @@ export class MemoryStore implements MessageStore {
         if (ids.size === 0) this.#bySender.delete(record.sender);
       }
     }
-    return { record, state, last };
+    return { state, last };
   }
 
   /** The state of a message for `user`, with where to change it; undefined when not held. */

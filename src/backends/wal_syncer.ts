@@ -21,14 +21,9 @@
 /** The worker: on each message (the WAL's path), fdatasync that file and say so. */
 const WORKER_SOURCE = `
 let file;
-let open = "";
 self.onmessage = ({ data: path }) => {
   try {
-    if (!file || open !== path) {
-      file?.close();
-      file = Deno.openSync(path, { read: true });
-      open = path;
-    }
+    file ??= Deno.openSync(path, { read: true });
     file.syncDataSync();
     self.postMessage(true);
   } catch {

@@ -46,8 +46,8 @@ export interface Kick {
   /** WebSocket close code and reason, e.g. 4001 "replaced". */
   code: number;
   reason: string;
-  /** A connection (`instance/connId`) to spare: the one that replaces the others. */
-  except?: string;
+  /** A connection to spare: the one that replaces the others. */
+  except?: Origin;
 }
 
 /** What an instance does with what the broker carries. */

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Broker, Delivery as Routed, Kick } from "./broker.ts";
+import type { Broker, Delivery as Routed, Kick, Origin } from "./broker.ts";
 import type { Connection, Hub } from "./hub.ts";
 import type { MessageKey, MessageStore } from "./store.ts";
 import { SYSTEM } from "../protocol/codes.ts";
@@ -87,9 +87,14 @@ export class DeliveryService {
     });
   }
 
-  /** A connection reference that other instances understand. */
-  ref(conn: Connection): string {
-    return `${this.#instance}/${conn.id}`;
+  /** How other instances know `conn`. */
+  #origin(conn: Connection): Origin {
+    return { instance: this.#instance, conn: conn.id };
+  }
+
+  /** Whether `origin` is `conn` (of this instance). */
+  #is(origin: Origin | undefined, conn: Connection): boolean {
+    return origin?.instance === this.#instance && origin.conn === conn.id;
   }
 
   /**
@@ -127,7 +132,7 @@ export class DeliveryService {
         text: message.text,
         users: recipients,
         echoTo: message.sender === SYSTEM ? undefined : message.sender,
-        origin: origin ? { instance: this.#instance, conn: origin.id } : undefined,
+        origin: origin && this.#origin(origin),
         acceptedAt,
       });
       return ACCEPTED;
@@ -168,7 +173,7 @@ export class DeliveryService {
         text,
         users: key.sender === SYSTEM ? [] : [key.sender],
         echoTo: userId,
-        origin: origin ? { instance: this.#instance, conn: origin.id } : undefined,
+        origin: origin && this.#origin(origin),
       });
       return true;
     } finally {
@@ -190,7 +195,7 @@ export class DeliveryService {
       clientName: conn.clientName,
       code: 4001,
       reason: "replaced",
-      except: this.ref(conn),
+      except: this.#origin(conn),
     });
     registered();
     try {
@@ -226,16 +231,15 @@ export class DeliveryService {
   #kickHere(kick: Kick): void {
     for (const conn of [...this.#hub.connectionsOf(kick.userId)]) {
       if (kick.clientName !== undefined && conn.clientName !== kick.clientName) continue;
-      if (kick.except === this.ref(conn)) continue;
+      if (this.#is(kick.except, conn)) continue;
       conn.close(kick.code, kick.reason);
     }
   }
 
   /** Delivers a routed frame to this instance's connections. */
   #deliverHere(delivery: Routed): void {
-    const { origin } = delivery;
+    const { origin, stored, text } = delivery;
     const except = origin?.instance === this.#instance ? origin.conn : -1;
-    const { stored, text } = delivery;
     let sent = 0;
     let keys: MessageKey[] | undefined;
     for (const user of delivery.users) {
