@@ -103,7 +103,7 @@ async function start(
   loaded: LoadedPlugin[],
   backends: Backends,
 ): Promise<ImServer> {
-  const hub = new Hub();
+  const hub = new Hub({ maxQueuedBytes: config.limits.maxBufferedBytes });
   const instanceId = randomId(6);
   const ops = createOps(config, {
     hub,
@@ -154,6 +154,7 @@ async function start(
     events,
     maxRecipients: config.limits.maxRecipients,
     maxConnectionsPerUser: config.limits.maxConnectionsPerUser,
+    maxQueuedBytes: config.limits.maxBufferedBytes,
     nextId: () => ++connectionIds,
   };
   const transport = new WebSocketTransport({

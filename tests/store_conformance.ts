@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import type { MessageStore, NewMessage } from "../src/core/store.ts";
+import type { MessageStore, NewMessage, StoredMessage } from "../src/core/store.ts";
 import type { Logger, LogLevel } from "../src/log.ts";
 
 /** Options a conformance step opens its store with. */
@@ -68,6 +68,23 @@ export function message(
   };
 }
 
+/** Every unacknowledged message to `user`, read page by page. */
+export async function allUnacknowledged(
+  store: MessageStore,
+  user: string,
+  limit = 3,
+): Promise<StoredMessage[]> {
+  const all: StoredMessage[] = [];
+  let after: string | undefined;
+  while (true) {
+    const page = await store.unacknowledged(user, { after, limit });
+    assert.ok(page.messages.length <= limit, "a page holds at most limit messages");
+    all.push(...page.messages);
+    after = page.cursor ?? after;
+    if (!page.more) return all;
+  }
+}
+
 const keys = (list: { sender: string; id: string }[]) => list.map((m) => `${m.sender}/${m.id}`);
 
 /**
@@ -106,9 +123,9 @@ export function storeConformance(
       assert.deepEqual(await store.accept(repeat), { duplicate: true });
       assert.deepEqual(await store.accept(message("carol", "m1", ["bob"])), { duplicate: false });
       const { sender, id, type, text, acceptedAt } = first;
-      const [stored] = await store.unacknowledged("bob");
+      const [stored] = await allUnacknowledged(store, "bob");
       assert.deepEqual({ ...stored }, { sender, id, type, text, acceptedAt });
-      assert.deepEqual(await store.unacknowledged("carol"), []);
+      assert.deepEqual(await allUnacknowledged(store, "carol"), []);
       assert.equal(await store.pendingCount(), 2);
     });
 
@@ -121,8 +138,8 @@ export function storeConformance(
         store.accept({ ...m, text: "other" }),
       ]);
       assert.deepEqual(results.map((r) => r.duplicate), [false, true, false, true]);
-      assert.deepEqual(keys(await store.unacknowledged("bob")), ["alice/m1", "alice/m2"]);
-      assert.equal((await store.unacknowledged("bob"))[0].text, m.text);
+      assert.deepEqual(keys(await allUnacknowledged(store, "bob")), ["alice/m1", "alice/m2"]);
+      assert.equal((await allUnacknowledged(store, "bob"))[0].text, m.text);
     });
 
     await step(
@@ -132,7 +149,7 @@ export function storeConformance(
         await store.accept(m);
         assert.equal(await store.acknowledge("bob", m), true);
         assert.deepEqual(await store.accept(m), { duplicate: true });
-        assert.deepEqual(await store.unacknowledged("bob"), []);
+        assert.deepEqual(await allUnacknowledged(store, "bob"), []);
         assert.equal(await store.pendingCount(), 0);
       },
     );
@@ -168,10 +185,10 @@ export function storeConformance(
           if (i % 50 === 0) await Promise.all(calls);
         }
         await Promise.all(calls);
-        const all = await store.unacknowledged("dave");
+        const all = await allUnacknowledged(store, "dave");
         assert.deepEqual(keys(all), accepted);
         assert.deepEqual(
-          keys(await store.unacknowledged("carol")),
+          keys(await allUnacknowledged(store, "carol")),
           accepted.filter((_, i) => i % 5 === 0),
         );
         // Delivered messages are still unacknowledged; acknowledged ones leave the list.
@@ -180,20 +197,59 @@ export function storeConformance(
           assert.equal(await store.acknowledge("dave", m), true);
         }
         assert.deepEqual(
-          keys(await store.unacknowledged("dave")),
+          keys(await allUnacknowledged(store, "dave")),
           accepted.filter((_, i) => i % 3 !== 0),
         );
-        assert.deepEqual(await store.unacknowledged("nobody"), []);
+        assert.deepEqual(await allUnacknowledged(store, "nobody"), []);
       },
     );
+
+    await step(
+      "unacknowledged() reads pages of at most limit; a later accept comes after the cursor",
+      async (store) => {
+        for (let i = 0; i < 5; i++) await store.accept(message("alice", `m${i}`, ["bob"]));
+        await store.acknowledge("bob", { sender: "alice", id: "m1" });
+        const first = await store.unacknowledged("bob", { limit: 2 });
+        assert.deepEqual(keys(first.messages), ["alice/m0", "alice/m2"]);
+        assert.equal(first.more, true);
+        assert.ok(first.cursor !== undefined);
+        const second = await store.unacknowledged("bob", { after: first.cursor, limit: 2 });
+        assert.deepEqual(keys(second.messages), ["alice/m3", "alice/m4"]);
+        assert.equal(second.more, false);
+        await store.accept(message("carol", "late", ["bob"]));
+        const third = await store.unacknowledged("bob", { after: second.cursor, limit: 2 });
+        assert.deepEqual(keys(third.messages), ["carol/late"]);
+        assert.equal(third.more, false);
+        const empty = await store.unacknowledged("bob", { after: third.cursor, limit: 2 });
+        assert.deepEqual(empty, { messages: [], cursor: undefined, more: false });
+        assert.deepEqual(await store.unacknowledged("nobody", { limit: 2 }), {
+          messages: [],
+          cursor: undefined,
+          more: false,
+        });
+      },
+    );
+
+    await step("the per-user cap holds when accept resolves", async (store, log) => {
+      const now = Date.now();
+      for (let i = 0; i < 7; i++) await store.accept(message("alice", `m${i}`, ["bob"], now));
+      assert.deepEqual(keys(await allUnacknowledged(store, "bob")), [
+        "alice/m4",
+        "alice/m5",
+        "alice/m6",
+      ]);
+      assert.equal(await store.pendingCount(), 3);
+      assert.ok(log.some((line) => line.level === "warn"), "the drops are logged");
+      assert.equal(await store.sweep(now), 0, "nothing is left for the sweep");
+    }, { maxPerUser: 3 });
 
     await step("reads see the writes made before them", async (store) => {
       const m = message("alice", "m1", ["bob"]);
       const accepted = store.accept(m);
-      assert.deepEqual(keys(await store.unacknowledged("bob")), ["alice/m1"]);
+      assert.deepEqual(keys(await allUnacknowledged(store, "bob")), ["alice/m1"]);
       assert.equal(await store.pendingCount(), 1);
       const acked = store.acknowledge("bob", m);
-      assert.deepEqual(await store.unacknowledged("bob"), []);
+      assert.deepEqual(await allUnacknowledged(store, "bob"), []);
       const page = await store.history("bob", "alice", { limit: 10 });
       assert.equal(page.messages[0].state, "acknowledged");
       assert.deepEqual(await accepted, { duplicate: false });
@@ -224,8 +280,8 @@ export function storeConformance(
         assert.equal(await store.acknowledge("bob", m), true);
         assert.equal(await store.acknowledge("bob", m), true, "idempotent");
         assert.equal(await store.pendingCount(), 1);
-        assert.deepEqual(keys(await store.unacknowledged("carol")), ["alice/m1"]);
-        assert.deepEqual(await store.unacknowledged("bob"), []);
+        assert.deepEqual(keys(await allUnacknowledged(store, "carol")), ["alice/m1"]);
+        assert.deepEqual(await allUnacknowledged(store, "bob"), []);
       },
     );
 
@@ -243,7 +299,7 @@ export function storeConformance(
       await store.markDelivered("bob", [m1, m2]);
       assert.deepEqual(await states(), { m1: "delivered", m2: "delivered", m3: "acknowledged" });
       assert.equal(await store.pendingCount(), 2, "delivered is still unacknowledged");
-      assert.deepEqual(keys(await store.unacknowledged("bob")), ["alice/m1", "alice/m2"]);
+      assert.deepEqual(keys(await allUnacknowledged(store, "bob")), ["alice/m1", "alice/m2"]);
     });
 
     await step("each of many recipients has a state of its own", async (store) => {
@@ -262,8 +318,8 @@ export function storeConformance(
       assert.equal(await stateFor("user25"), "acknowledged");
       assert.equal(await stateFor("user39"), "acknowledged");
       assert.equal(await store.pendingCount(), 38);
-      assert.deepEqual(await store.unacknowledged("user25"), []);
-      assert.deepEqual(keys(await store.unacknowledged("user24")), ["alice/wide"]);
+      assert.deepEqual(await allUnacknowledged(store, "user25"), []);
+      assert.deepEqual(keys(await allUnacknowledged(store, "user24")), ["alice/wide"]);
       assert.deepEqual(
         (await store.history("alice", "user7", { limit: 1 })).messages[0].recipients,
         users,
@@ -341,8 +397,8 @@ export function storeConformance(
       await store.accept(message("alice", "x", ["carol"], now));
       await store.sweep(now); // stores that cap lazily do it here
       const expected = ["m3", "m4", "m5", "m6", "m7"].map((id) => `alice/${id}`);
-      assert.deepEqual(keys(await store.unacknowledged("bob")), expected);
-      assert.deepEqual(keys(await store.unacknowledged("carol")), ["alice/m1", "alice/x"]);
+      assert.deepEqual(keys(await allUnacknowledged(store, "bob")), expected);
+      assert.deepEqual(keys(await allUnacknowledged(store, "carol")), ["alice/m1", "alice/x"]);
       assert.equal(await store.pendingCount(), 7);
       const history = await store.history("bob", "alice", { limit: 100 });
       assert.deepEqual(history.messages.map((m) => m.id), ["m7", "m6", "m5", "m4", "m3"]);
@@ -371,8 +427,8 @@ export function storeConformance(
       await store.acknowledge("bob", { sender: "alice", id: "old0" });
       assert.equal(await store.pendingCount(), 7);
       assert.equal(await store.sweep(now), 3);
-      assert.deepEqual(keys(await store.unacknowledged("bob")), ["alice/new0", "alice/new1"]);
-      assert.deepEqual(await store.unacknowledged("carol"), []);
+      assert.deepEqual(keys(await allUnacknowledged(store, "bob")), ["alice/new0", "alice/new1"]);
+      assert.deepEqual(await allUnacknowledged(store, "carol"), []);
       assert.equal(await store.pendingCount(), 2);
       assert.equal(await store.acknowledge("bob", { sender: "alice", id: "old1" }), false);
       assert.equal((await store.history("bob", "alice", { limit: 10 })).messages.length, 2);

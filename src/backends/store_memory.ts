@@ -27,6 +27,8 @@ import type {
   MessageStore,
   NewMessage,
   StoredMessage,
+  UnacknowledgedOptions,
+  UnacknowledgedPage,
 } from "../core/store.ts";
 import type { Logger } from "../log.ts";
 
@@ -191,19 +193,34 @@ export class MemoryStore implements MessageStore {
     return { record, slot };
   }
 
-  unacknowledged(userId: string): Promise<StoredMessage[]> {
-    const result: StoredMessage[] = [];
+  unacknowledged(userId: string, options: UnacknowledgedOptions): Promise<UnacknowledgedPage> {
+    const messages: StoredMessage[] = [];
     const inbox = this.#inbox.get(userId);
+    let cursor: string | undefined;
+    let more = false;
     if (inbox) {
       const { records } = inbox;
-      for (let i = inbox.head; i < records.length; i++) {
+      const after = options.after === undefined ? 0 : Number(options.after);
+      // Records are in seq order: find the first one after the cursor.
+      let lo = inbox.head, hi = records.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (records[mid].seq <= after) lo = mid + 1;
+        else hi = mid;
+      }
+      for (let i = lo; i < records.length; i++) {
         const record = records[i];
         if (stateAt(record, slotOf(record, userId)) === ACKNOWLEDGED) continue;
+        if (messages.length === options.limit) {
+          more = true;
+          break;
+        }
         const { sender, id, type, text, acceptedAt } = record;
-        result.push({ sender, id, type, text, acceptedAt });
+        messages.push({ sender, id, type, text, acceptedAt });
+        cursor = String(record.seq);
       }
     }
-    return Promise.resolve(result);
+    return Promise.resolve({ messages, cursor, more });
   }
 
   markDelivered(userId: string, keys: MessageKey[]): Promise<void> {

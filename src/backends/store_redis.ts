@@ -31,7 +31,8 @@ import type {
   MessageKey,
   MessageStore,
   NewMessage,
-  StoredMessage,
+  UnacknowledgedOptions,
+  UnacknowledgedPage,
 } from "../core/store.ts";
 import type { Logger } from "../log.ts";
 import { closeRedis, guard, KEY_PREFIX, type RedisClient, RedisScripts } from "./redis.ts";
@@ -102,12 +103,18 @@ end
 return out
 `;
 
-/** ARGV: user. Returns {sender, id, type, text, at} of each unacknowledged message, oldest first. */
+/**
+ * ARGV: user, after (seq), limit. Returns {seq, sender, id, type, text, at} of
+ * up to limit + 1 unacknowledged messages after the seq, oldest first.
+ */
 const UNACKNOWLEDGED = `
 local P = ${JSON.stringify(P)}
 local out = {}
-for _, seq in ipairs(redis.call('ZRANGE', P .. 'un:' .. ARGV[1], 0, -1)) do
-  table.insert(out, redis.call('HMGET', P .. 'm:' .. seq, 'sender', 'id', 'type', 'text', 'at'))
+local seqs = redis.call('ZRANGE', P .. 'un:' .. ARGV[1], '(' .. ARGV[2], '+inf', 'BYSCORE',
+  'LIMIT', 0, tonumber(ARGV[3]) + 1)
+for _, seq in ipairs(seqs) do
+  local v = redis.call('HMGET', P .. 'm:' .. seq, 'sender', 'id', 'type', 'text', 'at')
+  table.insert(out, {seq, v[1], v[2], v[3], v[4], v[5]})
 end
 return out
 `;
@@ -263,15 +270,25 @@ export class RedisStore implements MessageStore {
     return { duplicate: false };
   }
 
-  async unacknowledged(userId: string): Promise<StoredMessage[]> {
-    const reply = await this.#eval("UNACKNOWLEDGED", [userId]) as string[][];
-    return reply.map(([sender, id, type, text, at]) => ({
-      sender,
-      id,
-      type: Number(type),
-      text,
-      acceptedAt: Number(at),
-    }));
+  async unacknowledged(
+    userId: string,
+    options: UnacknowledgedOptions,
+  ): Promise<UnacknowledgedPage> {
+    const after = options.after !== undefined && /^\d+$/.test(options.after) ? options.after : "0";
+    const limit = Math.max(0, Math.floor(options.limit));
+    const reply = await this.#eval("UNACKNOWLEDGED", [userId, after, String(limit)]) as string[][];
+    const page = reply.length > limit ? reply.slice(0, limit) : reply;
+    return {
+      messages: page.map(([_seq, sender, id, type, text, at]) => ({
+        sender,
+        id,
+        type: Number(type),
+        text,
+        acceptedAt: Number(at),
+      })),
+      cursor: page.length > 0 ? String(page[page.length - 1][0]) : undefined,
+      more: reply.length > limit,
+    };
   }
 
   async markDelivered(userId: string, keys: MessageKey[]): Promise<void> {

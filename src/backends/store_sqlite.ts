@@ -36,9 +36,15 @@
  * server runs, no other program (the `sqlite3` shell included) can read the
  * file; exclusive mode also keeps the WAL index in memory (no `-shm` file).
  *
- * Caps and retention are enforced by {@link SqliteStore.sweep} in chunks of
+ * `maxPerUser` holds at accept: a recipient at the cap loses its oldest copy in
+ * the transaction that adds the new one. The count of copies a recipient holds
+ * is read from the primary key when first needed and kept in a cache of at most
+ * {@link HELD_CACHE} recipients, so memory does not grow with the number of
+ * distinct recipients (messages to made-up names cost disk, not memory).
+ * Retention is enforced by {@link SqliteStore.sweep} in chunks of
  * {@link SWEEP_CHUNK} rows per transaction, yielding to the event loop between
- * chunks; between sweeps a user may hold more than `maxPerUser` messages.
+ * chunks; the first sweep also trims recipients found above the cap at open
+ * (written by an older version or under a larger `maxPerUser`).
  *
  * Needs only `--allow-read=<dir> --allow-write=<dir>`.
  *
@@ -56,6 +62,8 @@ import type {
   MessageStore,
   NewMessage,
   StoredMessage,
+  UnacknowledgedOptions,
+  UnacknowledgedPage,
 } from "../core/store.ts";
 import type { Logger } from "../log.ts";
 import { WalSyncer } from "./wal_syncer.ts";
@@ -64,6 +72,8 @@ import { WalSyncer } from "./wal_syncer.ts";
 export const MAX_BATCH = 256;
 /** Most rows deleted in one sweep transaction. */
 export const SWEEP_CHUNK = 1000;
+/** Recipients whose held count is cached (oldest entry evicted first). */
+export const HELD_CACHE = 10_000;
 /** Name of the database file inside the storage directory. */
 export const DB_FILE = "messages.db";
 
@@ -275,10 +285,10 @@ export class SqliteStore implements MessageStore {
 
   /** Unacknowledged (recipient, message) pairs. */
   #pending: number;
-  /** Deliveries kept per recipient. */
+  /** Committed deliveries kept per recipient, for at most {@link HELD_CACHE} recipients. */
   #held = new Map<string, number>();
-  /** Recipients holding more than `maxPerUser`, for the next sweep. */
-  #overCap = new Set<string>();
+  /** Recipients found above `maxPerUser` at open; undefined until the first sweep looked. */
+  #overCap?: Set<string>;
   #sweeping?: Promise<unknown>;
 
   #insertMessage: StatementSync;
@@ -292,6 +302,8 @@ export class SqliteStore implements MessageStore {
   #deleteDeliveriesUpTo: StatementSync;
   #deleteMessagesUpTo: StatementSync;
   #userOldest: StatementSync;
+  #countHeld: StatementSync;
+  #overCapAfter: StatementSync;
   #deleteDelivery: StatementSync;
   #deleteOrphan: StatementSync;
 
@@ -324,9 +336,9 @@ export class SqliteStore implements MessageStore {
       `SELECT 1 AS found FROM deliveries WHERE recipient = ? AND seq = ${seqOf}`,
     );
     this.#unacked = db.prepare(
-      `SELECT m.sender, m.id, m.type, m.text, m.accepted_at
+      `SELECT d.seq, m.sender, m.id, m.type, m.text, m.accepted_at
        FROM deliveries d JOIN messages m ON m.seq = d.seq
-       WHERE d.recipient = ? AND d.state < 2 ORDER BY d.seq`,
+       WHERE d.recipient = ? AND d.seq > ? AND d.state < 2 ORDER BY d.seq LIMIT ?`,
     );
     // Newest first from each direction (each a range of the primary key), merged.
     this.#history = db.prepare(
@@ -351,6 +363,11 @@ export class SqliteStore implements MessageStore {
     this.#userOldest = db.prepare(
       "SELECT seq, state FROM deliveries WHERE recipient = ? ORDER BY seq LIMIT ?",
     );
+    this.#countHeld = db.prepare("SELECT COUNT(*) AS n FROM deliveries WHERE recipient = ?");
+    this.#overCapAfter = db.prepare(
+      `SELECT recipient, COUNT(*) AS n FROM deliveries WHERE recipient > ?
+       GROUP BY recipient ORDER BY recipient LIMIT ${SWEEP_CHUNK}`,
+    );
     this.#deleteDelivery = db.prepare("DELETE FROM deliveries WHERE recipient = ? AND seq = ?");
     this.#deleteOrphan = db.prepare(
       "DELETE FROM messages WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?1)",
@@ -359,13 +376,28 @@ export class SqliteStore implements MessageStore {
     this.#pending = (db.prepare("SELECT COUNT(*) AS n FROM deliveries WHERE state < 2").get() as {
       n: number;
     }).n;
-    const counts = db.prepare(
-      "SELECT recipient, COUNT(*) AS n FROM deliveries GROUP BY recipient",
-    ).all() as { recipient: string; n: number }[];
-    for (const { recipient, n } of counts) {
-      this.#held.set(recipient, n);
-      if (n > this.#maxPerUser) this.#overCap.add(recipient);
+  }
+
+  /**
+   * Copies `user` holds, as committed plus the changes of the transaction
+   * being written (`delta`). Reads the count from the primary key on a cache miss.
+   */
+  #heldBy(user: string, delta: Delta): number {
+    const pendingChange = delta.held.get(user) ?? 0;
+    let committed = this.#held.get(user);
+    if (committed === undefined) {
+      // The count sees this transaction's own rows: take them out.
+      committed = (this.#countHeld.get(user) as { n: number }).n - pendingChange;
+      this.#cacheHeld(user, committed);
     }
+    return committed + pendingChange;
+  }
+
+  #cacheHeld(user: string, n: number) {
+    if (!this.#held.has(user) && this.#held.size >= HELD_CACHE) {
+      this.#held.delete(this.#held.keys().next().value!);
+    }
+    this.#held.set(user, n);
   }
 
   accept(message: NewMessage): Promise<AcceptResult> {
@@ -380,16 +412,27 @@ export class SqliteStore implements MessageStore {
     return this.#enqueue<boolean>((d) => ({ kind: "ack", userId, key, ...d }));
   }
 
-  async unacknowledged(userId: string): Promise<StoredMessage[]> {
+  async unacknowledged(
+    userId: string,
+    options: UnacknowledgedOptions,
+  ): Promise<UnacknowledgedPage> {
     await this.#settled();
-    const rows = this.#unacked.all(userId) as unknown as MessageRow[];
-    return rows.map((row) => ({
-      sender: row.sender,
-      id: row.id,
-      type: row.type,
-      text: row.text,
-      acceptedAt: row.accepted_at,
-    }));
+    const cursor = options.after === undefined ? 0 : Number(options.after);
+    const after = Number.isSafeInteger(cursor) ? cursor : 0;
+    const limit = Math.max(0, Math.floor(options.limit));
+    const rows = this.#unacked.all(userId, after, limit + 1) as unknown as MessageRow[];
+    const page = rows.length > limit ? rows.slice(0, limit) : rows;
+    return {
+      messages: page.map((row) => ({
+        sender: row.sender,
+        id: row.id,
+        type: row.type,
+        text: row.text,
+        acceptedAt: row.accepted_at,
+      })),
+      cursor: page.length > 0 ? String(page[page.length - 1].seq) : undefined,
+      more: rows.length > limit,
+    };
   }
 
   async history(userId: string, peer: string, options: HistoryOptions): Promise<HistoryPage> {
@@ -455,11 +498,12 @@ export class SqliteStore implements MessageStore {
         this.#logger?.warn("Retention sweep dropped unacknowledged messages", fields);
       } else this.#logger?.info("Retention sweep dropped old messages", fields);
     }
-    for (const user of [...this.#overCap]) {
+    if (!this.#overCap) await this.#findOverCap();
+    for (const user of [...this.#overCap!]) {
       let userDropped = 0;
       let userUnacked = 0;
       while (!this.#closed) {
-        const excess = (this.#held.get(user) ?? 0) - this.#maxPerUser;
+        const excess = this.#heldBy(user, new Delta()) - this.#maxPerUser;
         if (excess <= 0) break;
         const chunk = this.#transact((delta) =>
           this.#dropOldestOf(user, Math.min(excess, SWEEP_CHUNK), delta)
@@ -469,7 +513,7 @@ export class SqliteStore implements MessageStore {
         await nextTurn();
       }
       if (this.#closed) break;
-      if ((this.#held.get(user) ?? 0) <= this.#maxPerUser) this.#overCap.delete(user);
+      this.#overCap!.delete(user);
       dropped += userDropped;
       if (userUnacked > 0) {
         this.#logger?.warn("Per-user cap reached: dropped unacknowledged messages", {
@@ -481,6 +525,20 @@ export class SqliteStore implements MessageStore {
       }
     }
     return dropped;
+  }
+
+  /** Finds the recipients above the cap, a chunk of recipients per event-loop turn. */
+  async #findOverCap() {
+    const found = new Set<string>();
+    let after = "";
+    while (!this.#closed) {
+      const rows = this.#overCapAfter.all(after) as { recipient: string; n: number }[];
+      for (const { recipient, n } of rows) if (n > this.#maxPerUser) found.add(recipient);
+      if (rows.length < SWEEP_CHUNK) break;
+      after = rows[rows.length - 1].recipient;
+      await nextTurn();
+    }
+    this.#overCap = found;
   }
 
   /** One retention chunk: the oldest messages, up to the first one not old enough. */
@@ -522,6 +580,19 @@ export class SqliteStore implements MessageStore {
     }
     delta.add(user, -rows.length);
     return { dropped: rows.length, unacked };
+  }
+
+  /** Drops `user`'s `excess` oldest copies to make room for a new one; logs unacknowledged drops. */
+  #capAtAccept(user: string, excess: number, delta: Delta) {
+    const { dropped, unacked } = this.#dropOldestOf(user, excess, delta);
+    if (unacked > 0) {
+      this.#logger?.warn("Per-user cap reached: dropped an unacknowledged message", {
+        user,
+        dropped,
+        unacknowledged: unacked,
+        maxPerUser: this.#maxPerUser,
+      });
+    }
   }
 
   async close(): Promise<void> {
@@ -607,10 +678,9 @@ export class SqliteStore implements MessageStore {
     }
     this.#pending += delta.pending;
     for (const [user, n] of delta.held) {
-      const held = (this.#held.get(user) ?? 0) + n;
-      if (held > 0) this.#held.set(user, held);
-      else this.#held.delete(user);
-      if (held > this.#maxPerUser) this.#overCap.add(user);
+      const held = this.#held.get(user);
+      // Not cached: the next use counts it again.
+      if (held !== undefined) this.#cacheHeld(user, held + n);
     }
     return result;
   }
@@ -630,6 +700,8 @@ export class SqliteStore implements MessageStore {
         if (inserted.changes === 0) return { duplicate: true };
         const seq = inserted.lastInsertRowid;
         for (const user of recipients) {
+          const excess = this.#heldBy(user, delta) + 1 - this.#maxPerUser;
+          if (excess > 0) this.#capAtAccept(user, excess, delta);
           if (this.#insertDelivery.run(user, seq, sender).changes === 0) continue;
           delta.pending++;
           delta.add(user, 1);

@@ -38,6 +38,8 @@ export interface DeliveryObserver {
 
 /** Stored messages replayed between two waits for the socket to drain. */
 const REPLAY_CHUNK_BYTES = 32 * 1024;
+/** Stored messages read per page of a replay. */
+export const REPLAY_PAGE = 64;
 
 const DUPLICATE = Object.freeze({ duplicate: true });
 const ACCEPTED = Object.freeze({ duplicate: false });
@@ -184,7 +186,10 @@ export class DeliveryService {
   /**
    * Registers a connection: adds it to the hub (closing the one it replaces
    * with 4001), calls `registered` (which sends the 9001), then replays every
-   * unacknowledged stored message, oldest first, before any live frame.
+   * unacknowledged stored message, oldest first, before any live frame. The
+   * replay reads {@link REPLAY_PAGE} messages at a time and waits for the
+   * socket to drain every {@link REPLAY_CHUNK_BYTES}, so a backlog costs a page
+   * of memory, not the inbox.
    */
   async register(conn: Connection, registered: () => void): Promise<void> {
     const replaced = this.#hub.add(conn);
@@ -199,27 +204,43 @@ export class DeliveryService {
     });
     registered();
     try {
-      const messages = await this.#store.unacknowledged(conn.userId);
-      // Paced by the socket: a large backlog must not look like a slow consumer.
+      await this.#replay(conn);
+    } catch (error) {
+      this.#logger.error("Replay of stored messages failed", { user: conn.userId, error });
+    } finally {
+      this.#hub.endReplay(conn);
+    }
+  }
+
+  async #replay(conn: Connection): Promise<void> {
+    let after: string | undefined;
+    let bytes = 0;
+    // Paced by the socket: a large backlog must not look like a slow consumer.
+    while (this.#hub.pageRead(conn)) {
+      const page = await this.#store.unacknowledged(conn.userId, { after, limit: REPLAY_PAGE });
       let sent = 0;
-      let bytes = 0;
-      for (const message of messages) {
+      for (const message of page.messages) {
         if (bytes >= REPLAY_CHUNK_BYTES) {
           bytes = 0;
           if (!await conn.drain()) break;
         }
-        this.#hub.replay(conn, message);
+        conn.send(message.text);
         bytes += message.text.length;
         sent++;
       }
       if (sent > 0) {
         this.#observer.sent?.(sent);
-        await this.#store.markDelivered(conn.userId, messages.slice(0, sent));
+        const keys = sent === page.messages.length ? page.messages : page.messages.slice(0, sent);
+        this.#store.markDelivered(conn.userId, keys).catch(this.#markFailed);
       }
-    } catch (error) {
-      this.#logger.error("Replay of stored messages failed", { user: conn.userId, error });
-    } finally {
-      this.#hub.endReplay(conn);
+      if (sent < page.messages.length) return;
+      after = page.cursor ?? after;
+      // Live copies that arrived meanwhile are after the cursor: read on. Else
+      // end the replay now, in this turn, so that no copy arrives unseen.
+      if (!page.more && !this.#hub.arrived(conn)) {
+        this.#hub.endReplay(conn);
+        return;
+      }
     }
   }
 
@@ -243,7 +264,7 @@ export class DeliveryService {
     let sent = 0;
     let keys: MessageKey[] | undefined;
     for (const user of delivery.users) {
-      const reached = this.#hub.deliver(user, text, except, stored);
+      const reached = this.#hub.deliver(user, text, except, stored !== undefined);
       if (reached === 0) continue;
       sent += reached;
       if (stored) {
@@ -253,7 +274,7 @@ export class DeliveryService {
     }
     const echo = delivery.echoTo;
     if (echo !== undefined && !delivery.users.includes(echo)) {
-      sent += this.#hub.deliver(echo, text, except, stored);
+      sent += this.#hub.deliver(echo, text, except);
     }
     if (sent > 0) this.#observer.sent?.(sent, delivery.acceptedAt);
   }

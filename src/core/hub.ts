@@ -5,7 +5,6 @@
  *
  * @module
  */
-import type { MessageKey } from "./store.ts";
 
 /** A registered connection, as the core sees it. */
 export interface Connection {
@@ -24,22 +23,44 @@ export interface Connection {
    * the cap): true, or false when it closed meanwhile.
    */
   drain(): Promise<boolean>;
+  /** Bytes sent to the connection that its socket has not written yet. */
+  buffered?(): number;
 }
 
-/** Live frames held back while a connection replays its stored messages. */
+/**
+ * A connection replaying its stored messages. Live copies of stored messages
+ * are not held: they are in the store, after the replay's cursor, and the
+ * replay reads on until no such copy arrived during its last page. Other live
+ * frames (own copies, receipts, unstored frames) wait in `buffer`.
+ */
 interface Replay {
-  buffer: { stored?: MessageKey; text: string }[];
-  /** `sender\0id` of every message the replay sent. */
-  replayed: Set<string>;
+  buffer: string[];
+  /** Characters in `buffer`. */
+  bytes: number;
+  /** Live copies of stored messages that arrived since {@link Hub.pageRead}. */
+  arrivals: number;
 }
 
-const keyOf = (key: MessageKey) => `${key.sender}\u0000${key.id}`;
+/** Options of {@link Hub}. */
+export interface HubOptions {
+  /**
+   * Most characters of live frames held for a replaying connection, together
+   * with what its socket has not sent yet (`limits.maxBufferedBytes`); past it
+   * the connection is closed with 1013. @default 8388608
+   */
+  maxQueuedBytes?: number;
+}
 
 /** The registered connections of this instance. */
 export class Hub {
   #users = new Map<string, Map<string, Connection>>();
   #replays = new Map<number, Replay>();
   #count = 0;
+  #maxQueued: number;
+
+  constructor(options: HubOptions = {}) {
+    this.#maxQueued = options.maxQueuedBytes ?? 8 * 1024 * 1024;
+  }
 
   /** Number of registered connections. */
   get size(): number {
@@ -63,7 +84,7 @@ export class Hub {
     if (previous) this.#replays.delete(previous.id);
     else this.#count++;
     clients.set(conn.clientName, conn);
-    this.#replays.set(conn.id, { buffer: [], replayed: new Set() });
+    this.#replays.set(conn.id, { buffer: [], bytes: 0, arrivals: 0 });
     return previous;
   }
 
@@ -99,12 +120,12 @@ export class Hub {
   }
 
   /**
-   * Sends a frame to every connection of `userId` except `exceptId`. A
-   * connection still replaying stored messages gets it after the replay, unless
-   * the replay already carried the `stored` message. Returns how many
-   * connections were reached.
+   * Sends a frame to every connection of `userId` except `exceptId`. `stored`:
+   * the frame is a copy of a message stored for `userId`; a connection still
+   * replaying gets it from its replay, and other frames after the replay.
+   * Returns how many connections were reached.
    */
-  deliver(userId: string, text: string, exceptId = -1, stored?: MessageKey): number {
+  deliver(userId: string, text: string, exceptId = -1, stored = false): number {
     const clients = this.#users.get(userId);
     if (!clients) return 0;
     let reached = 0;
@@ -112,26 +133,45 @@ export class Hub {
     for (const conn of clients.values()) {
       if (conn.id === exceptId) continue;
       const replay = replaying ? this.#replays.get(conn.id) : undefined;
-      if (replay) replay.buffer.push({ stored, text });
-      else conn.send(text);
+      if (!replay) conn.send(text);
+      else if (stored) replay.arrivals++;
+      else this.#hold(conn, replay, text);
       reached++;
     }
     return reached;
   }
 
-  /** Sends a stored message during the replay of `conn` and remembers it. */
-  replay(conn: Connection, message: MessageKey & { text: string }): void {
-    this.#replays.get(conn.id)?.replayed.add(keyOf(message));
-    conn.send(message.text);
+  /** Holds a live frame for a replaying connection, within its budget. */
+  #hold(conn: Connection, replay: Replay, text: string): void {
+    replay.buffer.push(text);
+    replay.bytes += text.length;
+    if (replay.bytes + (conn.buffered?.() ?? 0) <= this.#maxQueued) return;
+    this.#replays.delete(conn.id);
+    conn.close(1013, "slow consumer");
   }
 
-  /** Ends the replay of `conn`: sends the live frames it held back, skipping replayed ones. */
+  /**
+   * The replay of `conn` is about to read a page: counts live copies of stored
+   * messages from now on. False when the connection is no longer replaying
+   * (closed or replaced).
+   */
+  pageRead(conn: Connection): boolean {
+    const replay = this.#replays.get(conn.id);
+    if (!replay) return false;
+    replay.arrivals = 0;
+    return true;
+  }
+
+  /** Whether live copies of stored messages reached `conn` since its last {@link pageRead}. */
+  arrived(conn: Connection): boolean {
+    return (this.#replays.get(conn.id)?.arrivals ?? 0) > 0;
+  }
+
+  /** Ends the replay of `conn`: sends the live frames it held back. */
   endReplay(conn: Connection): void {
     const replay = this.#replays.get(conn.id);
     if (!replay) return;
     this.#replays.delete(conn.id);
-    for (const { stored, text } of replay.buffer) {
-      if (!stored || !replay.replayed.has(keyOf(stored))) conn.send(text);
-    }
+    for (const text of replay.buffer) conn.send(text);
   }
 }

@@ -69,6 +69,11 @@ export interface SessionDeps {
    * refused (a replacement of the same clientName does not count). No limit when absent.
    */
   maxConnectionsPerUser?: number;
+  /**
+   * Characters of incoming frames held while a register (and its replay) is
+   * in flight; past it the connection is closed with 1013. @default 8388608
+   */
+  maxQueuedBytes?: number;
   /** A new connection id. */
   nextId(): number;
 }
@@ -79,6 +84,8 @@ export interface SocketPort {
   close(code: number, reason: string): void;
   /** Resolves once the socket has room again: true, or false when it closed. */
   drain?(): Promise<boolean>;
+  /** Bytes sent but not yet written by the socket. */
+  buffered?(): number;
 }
 
 /** The 400 answer to a frame whose handling threw: a backend outage says so. */
@@ -96,6 +103,8 @@ export class ClientSession {
   #conn?: Connection;
   /** Frames that arrived while a register was in flight, handled after it. */
   #waiting?: string[];
+  /** Characters in `#waiting`. */
+  #waitingBytes = 0;
   #closed = false;
   /** Encodes this connection's 9001 replies (to "" until registered). */
   #reply = UNREGISTERED_REPLY;
@@ -114,6 +123,12 @@ export class ClientSession {
   receive(text: string): void {
     if (this.#waiting) {
       this.#waiting.push(text);
+      this.#waitingBytes += text.length;
+      if (this.#waitingBytes > (this.#deps.maxQueuedBytes ?? 8 * 1024 * 1024)) {
+        this.#waiting = [];
+        this.#waitingBytes = 0;
+        this.#socket.close(1013, "slow consumer");
+      }
       return;
     }
     const decoded = decodeFrame(text);
@@ -276,6 +291,7 @@ export class ClientSession {
     }
     const waiting = this.#waiting ?? [];
     this.#waiting = undefined;
+    this.#waitingBytes = 0;
     for (const text of waiting) this.receive(text);
     return status;
   }
@@ -316,6 +332,7 @@ export class ClientSession {
       send: (text) => socket.send(text),
       close: (code, reason) => socket.close(code, reason),
       drain: () => socket.drain?.() ?? Promise.resolve(true),
+      buffered: () => socket.buffered?.() ?? 0,
     };
     this.#conn = conn;
     this.#reply = sendStatusEncoder(conn.userId);

@@ -65,6 +65,26 @@ export interface HistoryOptions {
   limit: number;
 }
 
+/** Options of {@link MessageStore.unacknowledged}. */
+export interface UnacknowledgedOptions {
+  /** Cursor of the previous page; absent for the first page. */
+  after?: string;
+  /** Most messages in the page. */
+  limit: number;
+}
+
+/** A page of unacknowledged messages, oldest first. */
+export interface UnacknowledgedPage {
+  messages: StoredMessage[];
+  /**
+   * Where the page ends: pass it as `after` to read on. Absent when the page is
+   * empty (read on from the same `after`).
+   */
+  cursor?: string;
+  /** Whether more messages followed the page when it was read. */
+  more: boolean;
+}
+
 /**
  * Stores accepted messages and their per-recipient delivery state.
  *
@@ -74,15 +94,21 @@ export interface HistoryOptions {
  *   the caller may reply and deliver in promise order.
  * - A second `accept` of the same (sender, id) changes nothing and resolves
  *   `{ duplicate: true }`, for as long as the message is kept.
- * - `unacknowledged(user)` returns every message to `user` not yet
- *   acknowledged, in the order they were accepted.
+ * - `unacknowledged(user, …)` pages through the messages to `user` not yet
+ *   acknowledged, in the order they were accepted. A message accepted after a
+ *   page was read comes after that page's cursor, so reading on from it finds
+ *   the message. A page holds at most `limit` messages: no call loads a whole
+ *   inbox.
+ * - `maxPerUser` holds when `accept` resolves: a recipient never holds more.
+ * - Nothing the store keeps in memory grows with the number of distinct
+ *   recipients it has seen (the memory store's messages aside).
  * - Per-user caps and retention may drop messages; the store logs each drop.
  */
 export interface MessageStore {
   /** Records a message for each of its recipients (state `pending`). */
   accept(message: NewMessage): Promise<AcceptResult>;
-  /** Every unacknowledged message addressed to `userId`, oldest first. */
-  unacknowledged(userId: string): Promise<StoredMessage[]>;
+  /** A page of the unacknowledged messages addressed to `userId`, oldest first. */
+  unacknowledged(userId: string, options: UnacknowledgedOptions): Promise<UnacknowledgedPage>;
   /** Marks messages as sent to a connection of `userId` (`pending` → `delivered`). */
   markDelivered(userId: string, keys: MessageKey[]): Promise<void>;
   /**

@@ -131,6 +131,7 @@ export class WebSocketTransport {
         sentSinceCheck = 0;
         return socket.readyState === WebSocket.OPEN;
       },
+      buffered: () => socket.bufferedAmount,
     };
     const session = new ClientSession(deps, port);
     const limiter = options.rateLimit ? new ConnectionRateLimit(options.rateLimit) : undefined;
