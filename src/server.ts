@@ -14,6 +14,7 @@ import { WebSocketTransport } from "./transport/websocket.ts";
 import { Router } from "./http/router.ts";
 import { json, jsonError } from "./http/errors.ts";
 import { addAuthRoutes } from "./http/auth_routes.ts";
+import { LoginGuard } from "./auth/login_guard.ts";
 import { addServerRoutes } from "./http/server_routes.ts";
 import { addHistoryRoutes } from "./http/history_routes.ts";
 import { TokenService } from "./auth/tokens.ts";
@@ -155,6 +156,8 @@ async function start(
     maxRecipients: config.limits.maxRecipients,
     maxConnectionsPerUser: config.limits.maxConnectionsPerUser,
     maxQueuedBytes: config.limits.maxBufferedBytes,
+    maxPendingBytesPerSender: config.limits.maxPendingBytesPerSender,
+    knownUser: config.auth.jwt ? undefined : (userId) => users.hasUserId(userId),
     nextId: () => ++connectionIds,
   };
   const transport = new WebSocketTransport({
@@ -183,6 +186,13 @@ async function start(
     sessions: backends.sessions,
     cookieName: config.auth.cookieName,
     tokenTtlSeconds: config.auth.tokenTtlSeconds,
+    guard: new LoginGuard({
+      maxFailuresPerIp: config.auth.login.maxFailuresPerIp,
+      maxFailuresPerUsername: config.auth.login.maxFailuresPerUsername,
+      windowSeconds: config.auth.login.windowSeconds,
+      maxConcurrentHashes: config.auth.login.maxConcurrentHashes,
+      maxQueuedLogins: config.auth.login.maxQueued,
+    }),
   });
   const apiKeys = [...config.server.apiKeys];
   if (config.server.apiKey) apiKeys.push({ name: "default", key: config.server.apiKey });

@@ -17,6 +17,8 @@ export interface StoreTestOptions {
   retentionDays: number;
   /** Receives the store's log lines. */
   logger: Logger;
+  /** Length of pending copies a sender may have; no limit when absent. */
+  maxPendingBytesPerSender?: number;
 }
 
 /** A store opened for one step, and how to get rid of it. */
@@ -107,6 +109,7 @@ export function storeConformance(
         const { store, cleanup } = await open({
           maxPerUser: options.maxPerUser ?? 10000,
           retentionDays: options.retentionDays ?? 30,
+          maxPendingBytesPerSender: options.maxPendingBytesPerSender,
           logger,
         });
         try {
@@ -228,6 +231,35 @@ export function storeConformance(
           more: false,
         });
       },
+    );
+
+    await step(
+      "accept() refuses a sender's message past maxPendingBytesPerSender until copies are delivered",
+      async (store) => {
+        // Every text is 100 characters: 4 pending copies fit, not 5.
+        const frame = (id: string, to: string[]) => ({
+          ...message("mallory", id, to),
+          text: "x".repeat(100),
+        });
+        assert.deepEqual(await store.accept(frame("m0", ["x0", "x1"])), { duplicate: false });
+        assert.deepEqual(await store.accept(frame("m1", ["x2", "x3"])), { duplicate: false });
+        const refused = await store.accept(frame("m2", ["x4"]));
+        assert.deepEqual(refused, { duplicate: false, overQuota: true });
+        assert.deepEqual(await allUnacknowledged(store, "x4"), [], "nothing was stored");
+        assert.equal(await store.pendingCount(), 4);
+        // Other senders and SYSTEM are not held to mallory's quota.
+        assert.deepEqual(await store.accept(message("alice", "a0", ["x4"])), { duplicate: false });
+        const system = message("SYSTEM", "s0", ["x0", "x1", "x2", "x3", "x4", "x5"]);
+        assert.deepEqual(await store.accept(system), { duplicate: false });
+        // A delivered, acknowledged or dropped copy stops counting.
+        await store.markDelivered("x0", [{ sender: "mallory", id: "m0" }]);
+        assert.deepEqual(await store.accept(frame("m2", ["x4"])), { duplicate: false });
+        assert.equal((await store.accept(frame("m3", ["x5"]))).overQuota, true);
+        assert.equal(await store.acknowledge("x1", { sender: "mallory", id: "m0" }), true);
+        assert.deepEqual(await store.accept(frame("m3", ["x5"])), { duplicate: false });
+        assert.equal((await store.accept(frame("m4", ["x6"]))).overQuota, true);
+      },
+      { maxPendingBytesPerSender: 450 },
     );
 
     await step("the per-user cap holds when accept resolves", async (store, log) => {

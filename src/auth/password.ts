@@ -35,14 +35,38 @@ export async function hashPassword(password: string, iterations = ITERATIONS): P
   return `${PREFIX}$${iterations}$${encodeBase64Url(salt)}$${encodeBase64Url(hash)}`;
 }
 
+const DUMMY_SALT = new Uint8Array(16);
+
+async function digest(text: string): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", encoder.encode(text)));
+}
+
+/** The PBKDF2 iteration count of a stored hash, or 0 for plain text or a malformed hash. */
+export function iterationsOf(stored: string): number {
+  if (!isPasswordHash(stored)) return 0;
+  const count = Number(stored.split("$")[1]);
+  return Number.isSafeInteger(count) && count > 0 ? count : 0;
+}
+
+/**
+ * Runs PBKDF2 of `iterations` for nothing: the work a hashed password costs,
+ * spent where there is none to check (an unknown user, a plain-text password).
+ */
+export async function spendHashWork(password: string, iterations: number): Promise<void> {
+  if (iterations > 0) await derive(password, DUMMY_SALT, iterations);
+}
+
+/** Compares a password with a plain-text one as SHA-256 digests: constant time, any lengths. */
+export async function plainTextEqual(password: string, stored: string): Promise<boolean> {
+  return timingSafeEqual(await digest(password), await digest(stored));
+}
+
 /**
  * Checks a password against a stored hash, or against a plain-text password
  * (allowed, but warned about at start-up). Compares in constant time.
  */
 export async function verifyPassword(password: string, stored: string): Promise<boolean> {
-  if (!isPasswordHash(stored)) {
-    return timingSafeEqual(encoder.encode(password), encoder.encode(stored));
-  }
+  if (!isPasswordHash(stored)) return await plainTextEqual(password, stored);
   const [, iterations, salt, hash] = stored.split("$");
   const count = Number(iterations);
   if (!Number.isSafeInteger(count) || count < 1 || !salt || !hash) return false;

@@ -36,6 +36,7 @@ export async function openRedisBackends(
     const store = new RedisStore(storeClient, {
       maxPerUser: config.storage.maxPerUser,
       retentionDays: config.storage.retentionDays,
+      maxPendingBytesPerSender: config.limits.maxPendingBytesPerSender,
       logger: logger.child("store"),
     });
     const broker = new RedisBroker(await open("publish"), await open("read"), {

@@ -27,6 +27,7 @@ async function openStore(config: Config, logger: Logger): Promise<MessageStore> 
   const options = {
     maxPerUser: config.storage.maxPerUser,
     retentionDays: config.storage.retentionDays,
+    maxPendingBytesPerSender: config.limits.maxPendingBytesPerSender,
     logger: logger.child("store"),
   };
   if (config.storage.driver === "memory") return new MemoryStore(options);

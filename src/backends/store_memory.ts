@@ -31,6 +31,7 @@ import type {
   UnacknowledgedPage,
 } from "../core/store.ts";
 import type { Logger } from "../log.ts";
+import { SYSTEM } from "../protocol/codes.ts";
 
 /** Delivery states as small integers; GONE: dropped from that recipient's inbox. */
 const PENDING = 0, DELIVERED = 1, ACKNOWLEDGED = 2, GONE = 3;
@@ -66,9 +67,12 @@ export interface MemoryStoreOptions {
   retentionDays?: number;
   /** Where drops are reported. */
   logger?: Logger;
+  /** Characters of pending copies a sender may have; no limit when absent. */
+  maxPendingBytesPerSender?: number;
 }
 
 const DUPLICATE: Promise<AcceptResult> = Promise.resolve({ duplicate: true });
+const OVER_QUOTA: Promise<AcceptResult> = Promise.resolve({ duplicate: false, overQuota: true });
 const ACCEPTED: Promise<AcceptResult> = Promise.resolve({ duplicate: false });
 const DONE: Promise<void> = Promise.resolve();
 const KNOWN = Promise.resolve(true);
@@ -101,8 +105,12 @@ export class MemoryStore implements MessageStore {
   #maxPerUser: number;
   #retentionMs: number;
   #logger?: Logger;
+  #maxPendingBytes: number;
+  /** Characters of pending copies by sender (senders with none are absent). */
+  #pendingBytes = new Map<string, number>();
 
   constructor(options: MemoryStoreOptions = {}) {
+    this.#maxPendingBytes = options.maxPendingBytesPerSender ?? Infinity;
     this.#maxPerUser = options.maxPerUser ?? 10000;
     this.#retentionMs = (options.retentionDays ?? 30) * 86_400_000;
     this.#logger = options.logger;
@@ -114,6 +122,14 @@ export class MemoryStore implements MessageStore {
     if (!ids) this.#bySender.set(sender, ids = new Map());
     else if (ids.has(id)) return DUPLICATE;
     const count = recipients.length;
+    if (sender !== SYSTEM && this.#maxPendingBytes !== Infinity) {
+      const bytes = (this.#pendingBytes.get(sender) ?? 0) + message.text.length * count;
+      if (bytes > this.#maxPendingBytes) {
+        if (ids.size === 0) this.#bySender.delete(sender);
+        return OVER_QUOTA;
+      }
+      this.#pendingBytes.set(sender, bytes);
+    }
     const record: Record = {
       seq: ++this.#seq,
       sender,
@@ -173,6 +189,7 @@ export class MemoryStore implements MessageStore {
     const state = stateAt(record, slot);
     setState(record, slot, GONE);
     if (state !== ACKNOWLEDGED) this.#pending--;
+    if (state === PENDING) this.#released(record);
     const last = --record.holders === 0;
     if (last) {
       const ids = this.#bySender.get(record.sender);
@@ -182,6 +199,14 @@ export class MemoryStore implements MessageStore {
       }
     }
     return { state, last };
+  }
+
+  /** A pending copy of `record` is no longer pending: it stops counting for its sender. */
+  #released(record: Record): void {
+    if (this.#maxPendingBytes === Infinity || record.sender === SYSTEM) return;
+    const left = (this.#pendingBytes.get(record.sender) ?? 0) - record.text.length;
+    if (left > 0) this.#pendingBytes.set(record.sender, left);
+    else this.#pendingBytes.delete(record.sender);
   }
 
   /** The state of a message for `user`, with where to change it; undefined when not held. */
@@ -228,6 +253,7 @@ export class MemoryStore implements MessageStore {
       const held = this.#held(userId, sender, id);
       if (held && stateAt(held.record, held.slot) === PENDING) {
         setState(held.record, held.slot, DELIVERED);
+        this.#released(held.record);
       }
     }
     return DONE;
@@ -236,9 +262,11 @@ export class MemoryStore implements MessageStore {
   acknowledge(userId: string, { sender, id }: MessageKey): Promise<boolean> {
     const held = this.#held(userId, sender, id);
     if (!held) return UNKNOWN;
-    if (stateAt(held.record, held.slot) !== ACKNOWLEDGED) {
+    const state = stateAt(held.record, held.slot);
+    if (state !== ACKNOWLEDGED) {
       setState(held.record, held.slot, ACKNOWLEDGED);
       this.#pending--;
+      if (state === PENDING) this.#released(held.record);
     }
     return KNOWN;
   }

@@ -14,7 +14,8 @@
  * - `un:{user}`: sorted set of the seqs a recipient has not acknowledged;
  * - `c:{a}\0{b}`: sorted set of the seqs between two users (history);
  * - `t`: sorted set of seqs by acceptance time (retention);
- * - `pending`: the number of unacknowledged (recipient, message) pairs.
+ * - `pending`: the number of unacknowledged (recipient, message) pairs;
+ * - `sb`: hash of sender → bytes of text of its pending copies (not `SYSTEM`).
  *
  * Durability is Redis's: with `appendonly yes` a reply is written to the AOF
  * before it is sent, so a killed Redis process loses nothing that was
@@ -47,10 +48,16 @@ local function pair(a, b)
   if a < b then return a .. '\\0' .. b end
   return b .. '\\0' .. a
 end
+local function release(m, sender)
+  if sender == 'SYSTEM' then return end
+  local left = redis.call('HINCRBY', P .. 'sb', sender, -redis.call('HSTRLEN', m, 'text'))
+  if left <= 0 then redis.call('HDEL', P .. 'sb', sender) end
+end
 local function forget(user, seq)
   local m = P .. 'm:' .. seq
   local state = redis.call('HGET', m, 's:' .. user)
   if not state then return false end
+  if state == 'p' then release(m, redis.call('HGET', m, 'sender')) end
   if state ~= 'a' then
     redis.call('DECR', P .. 'pending')
     redis.call('ZREM', P .. 'un:' .. user, seq)
@@ -68,22 +75,33 @@ end
 `;
 
 /**
- * ARGV: sender, id, type, text, acceptedAt, recipients JSON, maxPerUser, recipients….
- * Returns {1} for a duplicate, else {0, then user, sender, id of each unacknowledged drop}.
+ * ARGV: sender, id, type, text, acceptedAt, recipients JSON, maxPerUser,
+ * maxPendingBytesPerSender (or ''), recipients…. Returns {1} for a duplicate,
+ * {2} over the sender's quota, else {0, then user, sender, id of each
+ * unacknowledged drop}.
  */
 const ACCEPT = PRELUDE + `
 local sender, id = ARGV[1], ARGV[2]
 local k = P .. 'k:' .. sender .. '\\0' .. id
 if redis.call('EXISTS', k) == 1 then return {1} end
+local copies = #ARGV - 8
+if sender ~= 'SYSTEM' then
+  local bytes = string.len(ARGV[4]) * copies
+  if ARGV[8] ~= '' and tonumber(redis.call('HGET', P .. 'sb', sender) or '0') + bytes >
+      tonumber(ARGV[8]) then
+    return {2}
+  end
+  redis.call('HINCRBY', P .. 'sb', sender, bytes)
+end
 local seq = redis.call('INCR', P .. 'seq')
 redis.call('SET', k, seq)
 local m = P .. 'm:' .. seq
 redis.call('HSET', m, 'sender', sender, 'id', id, 'type', ARGV[3], 'text', ARGV[4],
-  'at', ARGV[5], 'rcpt', ARGV[6], 'n', #ARGV - 7)
+  'at', ARGV[5], 'rcpt', ARGV[6], 'n', copies)
 redis.call('ZADD', P .. 't', ARGV[5], seq)
 local max = tonumber(ARGV[7])
 local out = {0}
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   local user = ARGV[i]
   local inbox = P .. 'in:' .. user
   redis.call('HSET', m, 's:' .. user, 'p')
@@ -120,27 +138,27 @@ return out
 `;
 
 /** ARGV: user, then sender, id of each message. */
-const MARK_DELIVERED = `
-local P = ${JSON.stringify(P)}
+const MARK_DELIVERED = PRELUDE + `
 local field = 's:' .. ARGV[1]
 for i = 2, #ARGV, 2 do
   local seq = redis.call('GET', P .. 'k:' .. ARGV[i] .. '\\0' .. ARGV[i + 1])
   if seq and redis.call('HGET', P .. 'm:' .. seq, field) == 'p' then
     redis.call('HSET', P .. 'm:' .. seq, field, 'd')
+    release(P .. 'm:' .. seq, ARGV[i])
   end
 end
 return 1
 `;
 
 /** ARGV: user, sender, id. Returns 1 when the message to the user is known. */
-const ACKNOWLEDGE = `
-local P = ${JSON.stringify(P)}
+const ACKNOWLEDGE = PRELUDE + `
 local user = ARGV[1]
 local seq = redis.call('GET', P .. 'k:' .. ARGV[2] .. '\\0' .. ARGV[3])
 if not seq then return 0 end
 local m = P .. 'm:' .. seq
 local state = redis.call('HGET', m, 's:' .. user)
 if not state then return 0 end
+if state == 'p' then release(m, ARGV[2]) end
 if state ~= 'a' then
   redis.call('HSET', m, 's:' .. user, 'a')
   redis.call('ZREM', P .. 'un:' .. user, seq)
@@ -221,6 +239,8 @@ export interface RedisStoreOptions {
   logger?: Logger;
   /** Messages dropped per script run by {@link RedisStore.sweep}. @default 500 */
   sweepBatch?: number;
+  /** Bytes of pending copies a sender may have; no limit when absent. */
+  maxPendingBytesPerSender?: number;
 }
 
 /** Messages and delivery states in Redis, shared by every instance. */
@@ -231,6 +251,7 @@ export class RedisStore implements MessageStore {
   #retentionMs: number;
   #logger?: Logger;
   #sweepBatch: number;
+  #maxPendingBytes: string;
 
   /** Takes ownership of `client` (closed by {@link close}). */
   constructor(client: RedisClient, options: RedisStoreOptions = {}) {
@@ -239,6 +260,9 @@ export class RedisStore implements MessageStore {
     this.#retentionMs = (options.retentionDays ?? 30) * 86_400_000;
     this.#logger = options.logger;
     this.#sweepBatch = options.sweepBatch ?? 500;
+    this.#maxPendingBytes = options.maxPendingBytesPerSender === undefined
+      ? ""
+      : String(options.maxPendingBytesPerSender);
     const logger = options.logger ?? createLogger({ level: "error" });
     this.#scripts = new RedisScripts(client, "Storage", SCRIPTS, logger);
   }
@@ -256,9 +280,11 @@ export class RedisStore implements MessageStore {
       String(message.acceptedAt),
       JSON.stringify(message.recipients),
       String(this.#maxPerUser),
+      this.#maxPendingBytes,
       ...message.recipients,
     ]) as (number | string)[];
     if (reply[0] === 1) return { duplicate: true };
+    if (reply[0] === 2) return { duplicate: false, overQuota: true };
     for (let i = 1; i < reply.length; i += 3) {
       this.#logger?.warn("Per-user cap reached: dropped an unacknowledged message", {
         user: reply[i],

@@ -67,6 +67,7 @@ import type {
 } from "../core/store.ts";
 import type { Logger } from "../log.ts";
 import { WalSyncer } from "./wal_syncer.ts";
+import { SYSTEM } from "../protocol/codes.ts";
 
 /** Most operations written in one transaction. */
 export const MAX_BATCH = 256;
@@ -134,6 +135,8 @@ export interface SqliteStoreOptions {
    * @default "normal"
    */
   synchronous?: "normal" | "full";
+  /** Characters of pending copies a sender may have; no limit when absent. */
+  maxPendingBytesPerSender?: number;
 }
 
 type Deferred<T> = { resolve(value: T): void; reject(error: unknown): void };
@@ -147,8 +150,14 @@ type Op =
 class Delta {
   pending = 0;
   held = new Map<string, number>();
+  /** Change of pending characters by sender. */
+  bytes = new Map<string, number>();
   add(user: string, n: number) {
     this.held.set(user, (this.held.get(user) ?? 0) + n);
+  }
+  /** A pending copy from `sender` of `n` characters came (n > 0) or went (n < 0). */
+  addBytes(sender: string, n: number) {
+    if (sender !== SYSTEM) this.bytes.set(sender, (this.bytes.get(sender) ?? 0) + n);
   }
 }
 
@@ -290,11 +299,16 @@ export class SqliteStore implements MessageStore {
   /** Recipients found above `maxPerUser` at open; undefined until the first sweep looked. */
   #overCap?: Set<string>;
   #sweeping?: Promise<unknown>;
+  #maxPendingBytes: number;
+  /** Characters of pending copies by sender, senders with none absent (SYSTEM is not counted). */
+  #pendingBytes = new Map<string, number>();
 
   #insertMessage: StatementSync;
   #insertDelivery: StatementSync;
   #markDelivered: StatementSync;
   #ack: StatementSync;
+  #ackPending: StatementSync;
+  #deleteMessage: StatementSync;
   #addressed: StatementSync;
   #unacked: StatementSync;
   #history: StatementSync;
@@ -319,18 +333,25 @@ export class SqliteStore implements MessageStore {
     const seqOf = "(SELECT seq FROM messages WHERE sender = ? AND id = ?)";
     this.#insertMessage = db.prepare(
       `INSERT INTO messages (sender, id, type, text, accepted_at, recipients)
-       VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender, id) DO NOTHING`,
+       VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender, id) DO NOTHING
+       RETURNING seq, length(text) AS n`,
     );
+    this.#deleteMessage = db.prepare("DELETE FROM messages WHERE seq = ?");
+    const lengthOf = "(SELECT length(text) FROM messages WHERE seq = deliveries.seq)";
     this.#insertDelivery = db.prepare(
       "INSERT INTO deliveries (recipient, seq, sender) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
     );
     this.#markDelivered = db.prepare(
       `UPDATE deliveries SET state = ${DELIVERED}
-       WHERE recipient = ? AND seq = ${seqOf} AND state = ${PENDING}`,
+       WHERE recipient = ? AND seq = ${seqOf} AND state = ${PENDING} RETURNING ${lengthOf} AS n`,
+    );
+    this.#ackPending = db.prepare(
+      `UPDATE deliveries SET state = ${ACKNOWLEDGED}
+       WHERE recipient = ? AND seq = ${seqOf} AND state = ${PENDING} RETURNING ${lengthOf} AS n`,
     );
     this.#ack = db.prepare(
       `UPDATE deliveries SET state = ${ACKNOWLEDGED}
-       WHERE recipient = ? AND seq = ${seqOf} AND state < ${ACKNOWLEDGED}`,
+       WHERE recipient = ? AND seq = ${seqOf} AND state = ${DELIVERED}`,
     );
     this.#addressed = db.prepare(
       `SELECT 1 AS found FROM deliveries WHERE recipient = ? AND seq = ${seqOf}`,
@@ -357,11 +378,13 @@ export class SqliteStore implements MessageStore {
     );
     this.#oldest = db.prepare("SELECT seq, accepted_at FROM messages ORDER BY seq LIMIT ?");
     this.#deleteDeliveriesUpTo = db.prepare(
-      "DELETE FROM deliveries WHERE seq <= ? RETURNING recipient, state",
+      `DELETE FROM deliveries WHERE seq <= ? RETURNING recipient, state, sender, ${lengthOf} AS n`,
     );
     this.#deleteMessagesUpTo = db.prepare("DELETE FROM messages WHERE seq <= ?");
     this.#userOldest = db.prepare(
-      "SELECT seq, state FROM deliveries WHERE recipient = ? ORDER BY seq LIMIT ?",
+      `SELECT d.seq, d.state, d.sender, length(m.text) AS n
+       FROM deliveries d JOIN messages m ON m.seq = d.seq
+       WHERE d.recipient = ? ORDER BY d.seq LIMIT ?`,
     );
     this.#countHeld = db.prepare("SELECT COUNT(*) AS n FROM deliveries WHERE recipient = ?");
     this.#overCapAfter = db.prepare(
@@ -376,6 +399,16 @@ export class SqliteStore implements MessageStore {
     this.#pending = (db.prepare("SELECT COUNT(*) AS n FROM deliveries WHERE state < 2").get() as {
       n: number;
     }).n;
+    this.#maxPendingBytes = options.maxPendingBytesPerSender ?? Infinity;
+    // One entry per sender with pending copies: senders are users who logged in.
+    const pendingBySender = db.prepare(
+      `SELECT d.sender, SUM(length(m.text)) AS n FROM deliveries d JOIN messages m ON m.seq = d.seq
+       WHERE d.state = ${PENDING} AND d.sender <> ? GROUP BY d.sender`,
+    );
+    for (const row of pendingBySender.iterate(SYSTEM)) {
+      const { sender, n } = row as { sender: string; n: number };
+      this.#pendingBytes.set(sender, n);
+    }
   }
 
   /**
@@ -553,9 +586,15 @@ export class SqliteStore implements MessageStore {
     }
     let unacked = 0;
     if (messages > 0) {
-      const gone = this.#deleteDeliveriesUpTo.all(last) as { recipient: string; state: number }[];
-      for (const { recipient, state } of gone) {
+      const gone = this.#deleteDeliveriesUpTo.all(last) as {
+        recipient: string;
+        state: number;
+        sender: string;
+        n: number;
+      }[];
+      for (const { recipient, state, sender, n } of gone) {
         delta.add(recipient, -1);
+        if (state === PENDING) delta.addBytes(sender, -n);
         if (state < ACKNOWLEDGED) {
           delta.pending--;
           unacked++;
@@ -568,11 +607,17 @@ export class SqliteStore implements MessageStore {
 
   /** One cap chunk: `user`'s `count` oldest copies, and the messages nobody holds anymore. */
   #dropOldestOf(user: string, count: number, delta: Delta) {
-    const rows = this.#userOldest.all(user, count) as { seq: number; state: number }[];
+    const rows = this.#userOldest.all(user, count) as {
+      seq: number;
+      state: number;
+      sender: string;
+      n: number;
+    }[];
     let unacked = 0;
-    for (const { seq, state } of rows) {
+    for (const { seq, state, sender, n } of rows) {
       this.#deleteDelivery.run(user, seq);
       this.#deleteOrphan.run(seq);
+      if (state === PENDING) delta.addBytes(sender, -n);
       if (state < ACKNOWLEDGED) {
         delta.pending--;
         unacked++;
@@ -677,6 +722,11 @@ export class SqliteStore implements MessageStore {
       throw error;
     }
     this.#pending += delta.pending;
+    for (const [sender, n] of delta.bytes) {
+      const bytes = (this.#pendingBytes.get(sender) ?? 0) + n;
+      if (bytes > 0) this.#pendingBytes.set(sender, bytes);
+      else this.#pendingBytes.delete(sender);
+    }
     for (const [user, n] of delta.held) {
       const held = this.#held.get(user);
       // Not cached: the next use counts it again.
@@ -689,30 +739,47 @@ export class SqliteStore implements MessageStore {
     switch (op.kind) {
       case "accept": {
         const { sender, id, type, text, acceptedAt, recipients } = op.message;
-        const inserted = this.#insertMessage.run(
+        const inserted = this.#insertMessage.get(
           sender,
           id,
           type,
           text,
           acceptedAt,
           JSON.stringify(recipients),
-        );
-        if (inserted.changes === 0) return { duplicate: true };
-        const seq = inserted.lastInsertRowid;
+        ) as { seq: number; n: number } | undefined;
+        if (!inserted) return { duplicate: true };
+        const { seq, n } = inserted;
+        if (sender !== SYSTEM && this.#maxPendingBytes !== Infinity) {
+          const bytes = (this.#pendingBytes.get(sender) ?? 0) + (delta.bytes.get(sender) ?? 0);
+          if (bytes + n * recipients.length > this.#maxPendingBytes) {
+            this.#deleteMessage.run(seq);
+            return { duplicate: false, overQuota: true };
+          }
+        }
         for (const user of recipients) {
           const excess = this.#heldBy(user, delta) + 1 - this.#maxPerUser;
           if (excess > 0) this.#capAtAccept(user, excess, delta);
           if (this.#insertDelivery.run(user, seq, sender).changes === 0) continue;
           delta.pending++;
           delta.add(user, 1);
+          delta.addBytes(sender, n);
         }
         return { duplicate: false };
       }
       case "delivered":
-        for (const { sender, id } of op.keys) this.#markDelivered.run(op.userId, sender, id);
+        for (const { sender, id } of op.keys) {
+          const row = this.#markDelivered.get(op.userId, sender, id) as { n: number } | undefined;
+          if (row) delta.addBytes(sender, -row.n);
+        }
         return;
       case "ack": {
         const { sender, id } = op.key;
+        const row = this.#ackPending.get(op.userId, sender, id) as { n: number } | undefined;
+        if (row) {
+          delta.addBytes(sender, -row.n);
+          delta.pending--;
+          return true;
+        }
         if (this.#ack.run(op.userId, sender, id).changes > 0) {
           delta.pending--;
           return true;

@@ -66,6 +66,19 @@ export const ConfigSchema = z.strictObject({
     cookieName: z.string().regex(/^[A-Za-z0-9_-]+$/).default("im_session"),
     /** Seconds a sessionId stays redeemable. */
     sessionTtlSeconds: positiveInt.default(60),
+    /** Limits of the login routes (docs/SECURITY.md). */
+    login: z.strictObject({
+      /** Failed logins from one address per window; more answer 429 with Retry-After. */
+      maxFailuresPerIp: positiveInt.default(20),
+      /** Failed logins for one username per window; more answer 429 with Retry-After. */
+      maxFailuresPerUsername: positiveInt.default(10),
+      /** Length of a failure window. */
+      windowSeconds: positiveInt.default(300),
+      /** Password hashes computed at once (each takes a core for ~45 ms). */
+      maxConcurrentHashes: positiveInt.default(1),
+      /** Logins waiting for a hash; more answer 503 with Retry-After. */
+      maxQueued: positiveInt.default(64),
+    }).prefault({}),
   }).prefault({}),
   limits: z.strictObject({
     /** Most entries in `to`. */
@@ -76,6 +89,12 @@ export const ConfigSchema = z.strictObject({
     maxBufferedBytes: z.int().min(262144, "must be at least 262144 (256 KiB)").default(
       8 * 1024 * 1024,
     ),
+    /**
+     * Bytes of messages a sender may have waiting for their recipients (the
+     * frame's length once per recipient not yet reached); a send past it
+     * answers 400. Business-API messages (from SYSTEM) do not count.
+     */
+    maxPendingBytesPerSender: positiveInt.default(64 * 1024 * 1024),
     /** Open connections per user. */
     maxConnectionsPerUser: positiveInt.default(16),
     /** Open connections per client IP address. */

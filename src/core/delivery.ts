@@ -43,6 +43,18 @@ export const REPLAY_PAGE = 64;
 
 const DUPLICATE = Object.freeze({ duplicate: true });
 const ACCEPTED = Object.freeze({ duplicate: false });
+const OVER_QUOTA = Object.freeze({ duplicate: false, overQuota: true });
+
+/** What became of a send. */
+export interface SendResult {
+  /** The sender already had a message with this id accepted; nothing was delivered. */
+  duplicate: boolean;
+  /**
+   * The sender has `limits.maxPendingBytesPerSender` of messages waiting for
+   * their recipients already; nothing was stored or delivered.
+   */
+  overQuota?: boolean;
+}
 
 /** Options of {@link DeliveryService}. */
 export interface DeliveryOptions {
@@ -105,14 +117,14 @@ export class DeliveryService {
    * `duplicate: true`, delivering nothing, when the sender already had a
    * message with this id accepted.
    */
-  async send(message: Outgoing, origin?: Connection): Promise<{ duplicate: boolean }> {
+  async send(message: Outgoing, origin?: Connection): Promise<SendResult> {
     this.#busy++;
     try {
       const acceptedAt = Date.now();
       const stored = message.store !== false;
       const { recipients } = message;
       if (stored) {
-        const { duplicate } = await this.#store.accept({
+        const { duplicate, overQuota } = await this.#store.accept({
           sender: message.sender,
           id: message.id,
           type: message.type,
@@ -121,6 +133,7 @@ export class DeliveryService {
           acceptedAt,
         });
         if (duplicate) return DUPLICATE;
+        if (overQuota) return OVER_QUOTA;
         if (this.#observer.storedForOffline) {
           let offline: string[] | undefined;
           for (const user of recipients) {

@@ -64,6 +64,14 @@ export interface SessionDeps {
   logger: Logger;
   events: SessionEvents;
   maxRecipients: number;
+  /** `limits.maxPendingBytesPerSender`, for the 400 answer's message. */
+  maxPendingBytesPerSender?: number;
+  /**
+   * Whether a userId exists, when the server knows every user (`auth.users`
+   * without `auth.jwt`); a frame to an unknown user then answers 406. Absent:
+   * any name is accepted.
+   */
+  knownUser?(userId: string): boolean;
   /**
    * Registered connections per user on this instance; a register beyond it is
    * refused (a replacement of the same clientName does not count). No limit when absent.
@@ -200,6 +208,14 @@ export class ClientSession {
     if (type === MessageType.RECEIPT && recipients.length !== 1) {
       return { code: StatusCode.TO_ERROR, msg: "A receipt goes to exactly one user" };
     }
+    const known = this.#deps.knownUser;
+    if (known) {
+      for (const user of recipients) {
+        if (!known(user) && user !== SYSTEM) {
+          return { code: StatusCode.TO_ERROR, msg: `Unknown recipient: ${user}` };
+        }
+      }
+    }
     return this.#checkBody(message);
   }
 
@@ -237,8 +253,15 @@ export class ClientSession {
         recipients,
         text: deliveryText(message, raw),
       }, conn).then(
-        ({ duplicate }) =>
-          this.#answer(id, type, StatusCode.SUCCESS, duplicate ? "Already accepted" : undefined),
+        ({ duplicate, overQuota }) =>
+          overQuota
+            ? this.#answer(id, type, StatusCode.FAILED, this.#overQuotaMsg())
+            : this.#answer(
+              id,
+              type,
+              StatusCode.SUCCESS,
+              duplicate ? "Already accepted" : undefined,
+            ),
         (error) => this.#failed(id, type, error),
       );
       return;
@@ -255,6 +278,13 @@ export class ClientSession {
     work.then((status) => {
       if (type !== MessageType.REGISTER) this.#answer(id, type, status.code, status.msg);
     }, (error) => this.#failed(id, type, error));
+  }
+
+  #overQuotaMsg(): string {
+    const max = this.#deps.maxPendingBytesPerSender;
+    return `Too many undelivered messages from ${this.#conn!.userId}: at most ${
+      max ?? "the limit"
+    } bytes may wait for their recipients`;
   }
 
   /** Answers a frame whose handling threw. */

@@ -48,6 +48,12 @@ export type DeliveryState = "pending" | "delivered" | "acknowledged";
 export interface AcceptResult {
   /** True when a message with this sender and id was already stored; nothing changed. */
   duplicate: boolean;
+  /**
+   * True when the sender already has `maxPendingBytesPerSender` of copies
+   * waiting for their recipients (or this message would pass it); nothing was
+   * stored. Never set for messages from `SYSTEM`.
+   */
+  overQuota?: boolean;
 }
 
 /** A page of history, newest first. */
@@ -103,6 +109,11 @@ export interface UnacknowledgedPage {
  * - Nothing the store keeps in memory grows with the number of distinct
  *   recipients it has seen (the memory store's messages aside).
  * - Per-user caps and retention may drop messages; the store logs each drop.
+ * - With `maxPendingBytesPerSender`, `accept` refuses (`overQuota`) a message
+ *   whose pending copies (length of its text times recipients) would take the
+ *   sender's pending copies past it. A copy stops counting once it is marked
+ *   delivered, acknowledged or dropped. Lengths are the store's own measure of
+ *   text (characters, or UTF-8 bytes in Redis).
  */
 export interface MessageStore {
   /** Records a message for each of its recipients (state `pending`). */

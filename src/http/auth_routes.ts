@@ -9,6 +9,7 @@ import { readFields } from "./body.ts";
 import type { Router } from "./router.ts";
 import type { TokenService } from "../auth/tokens.ts";
 import type { UserDirectory } from "../auth/users.ts";
+import type { LoginGuard } from "../auth/login_guard.ts";
 import type { SessionStore } from "../core/sessions.ts";
 
 /** What the auth routes need. */
@@ -18,6 +19,8 @@ export interface AuthRouteDeps {
   sessions: SessionStore;
   cookieName: string;
   tokenTtlSeconds: number;
+  /** Failure budgets and the hashing queue. */
+  guard: LoginGuard;
 }
 
 const Credentials = z.object({
@@ -73,21 +76,33 @@ export async function requireUser(
 
 /** Adds the login and WebSocket login routes. */
 export function addAuthRoutes(router: Router, deps: AuthRouteDeps): void {
-  const login = async (request: Request) => {
+  const { guard } = deps;
+  const login = async (request: Request, ip: string) => {
     const parsed = Credentials.safeParse(await readFields(request));
     if (!parsed.success) throw new HttpError(400, "username and password are required");
-    const userId = await deps.users.authenticate(parsed.data.username, parsed.data.password);
-    if (!userId) throw new HttpError(401, "Wrong username or password");
+    const { username, password } = parsed.data;
+    const refusal = guard.check(ip, username);
+    if (refusal) {
+      throw new HttpError(refusal.status, refusal.msg, {
+        "retry-after": String(refusal.retryAfter),
+      });
+    }
+    const userId = await deps.users.authenticate(username, password, (hash) => guard.hashing(hash));
+    if (!userId) {
+      guard.failed(ip, username);
+      throw new HttpError(401, "Wrong username or password");
+    }
+    guard.succeeded(username);
     return userId;
   };
 
-  router.add("POST", "/app/login", async (request) => {
-    const userId = await login(request);
+  router.add("POST", "/app/login", async (request, { ip }) => {
+    const userId = await login(request, ip);
     return json({ data: { token: await deps.tokens.issue(userId), userId } });
   });
 
-  router.add("POST", "/api/login", async (request) => {
-    const userId = await login(request);
+  router.add("POST", "/api/login", async (request, { ip }) => {
+    const userId = await login(request, ip);
     const token = await deps.tokens.issue(userId);
     const secure = new URL(request.url).protocol === "https:" ||
       request.headers.get("x-forwarded-proto") === "https";

@@ -7,7 +7,7 @@
 /** An error with an HTTP status, answered as JSON. */
 export class HttpError extends Error {
   override name = "HttpError";
-  constructor(readonly status: number, message: string) {
+  constructor(readonly status: number, message: string, readonly headers?: HeadersInit) {
     super(message);
   }
 }
@@ -23,6 +23,6 @@ export function json(value: unknown, status = 200, headers?: HeadersInit): Respo
 }
 
 /** The JSON error response `{"code", "msg"}`. */
-export function jsonError(status: number, msg: string): Response {
-  return json({ code: status, msg }, status);
+export function jsonError(status: number, msg: string, headers?: HeadersInit): Response {
+  return json({ code: status, msg }, status, headers);
 }

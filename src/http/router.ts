@@ -60,7 +60,7 @@ export class Router {
       }
       return jsonError(404, `No route for ${url.pathname}`);
     } catch (error) {
-      if (error instanceof HttpError) return jsonError(error.status, error.message);
+      if (error instanceof HttpError) return jsonError(error.status, error.message, error.headers);
       logger.error("Route failed", { path: url.pathname, error });
       if (error instanceof BackendUnavailableError) return jsonError(503, error.message);
       return jsonError(500, "Internal server error");

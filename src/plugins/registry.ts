@@ -236,10 +236,15 @@ export class PluginRegistry implements CustomTypes {
           body,
           timestamp: Date.now(),
         });
-        const { duplicate } = await delivery.send(
+        const { duplicate, overQuota } = await delivery.send(
           { sender: from, id, type: frame.type, recipients, text, store: frame.store !== false },
           system ? undefined : sender,
         );
+        if (overQuota) {
+          throw new Error(
+            `Too many undelivered messages from ${from}: limits.maxPendingBytesPerSender`,
+          );
+        }
         return { id, duplicate };
       },
     };

@@ -6,6 +6,7 @@
  */
 import { z } from "zod";
 import { MessageType, type StatusName, statusName, SYSTEM } from "./codes.ts";
+import { repeatsTopLevelKey } from "./duplicate_keys.ts";
 
 /** One frame of the wire protocol, as sent and received. */
 export interface Message {
@@ -96,6 +97,14 @@ export function decodeFrame(text: string): DecodeResult {
   }
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
     return { ok: false, id: "", msg: "Frame is not a JSON object" };
+  }
+  if (repeatsTopLevelKey(text, value)) {
+    const rawId = (value as { id?: unknown }).id;
+    return {
+      ok: false,
+      id: typeof rawId === "string" ? rawId : "",
+      msg: "Frame repeats a top-level key: each field may appear once",
+    };
   }
   if (isEnvelope(value as Record<string, unknown>)) {
     const message = value as Message;

@@ -122,7 +122,13 @@ export class WebSocketTransport {
         }
         socket.send(text);
       },
-      close: (code: number, reason: string) => safeClose(socket, code, reason),
+      close: (code: number, reason: string) => {
+        // The core closes over a budget (held replay frames, waiting frames) with 1013.
+        if (code === 1013 && socket.readyState === WebSocket.OPEN) {
+          options.onRejected?.("slow_consumer");
+        }
+        safeClose(socket, code, reason);
+      },
       async drain(): Promise<boolean> {
         const room = options.maxBufferedBytes / 2;
         while (socket.readyState === WebSocket.OPEN && socket.bufferedAmount > room) {
