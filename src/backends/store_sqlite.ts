@@ -61,7 +61,6 @@ import type {
   MessageKey,
   MessageStore,
   NewMessage,
-  StoredMessage,
   UnacknowledgedOptions,
   UnacknowledgedPage,
 } from "../core/store.ts";

@@ -209,9 +209,10 @@ export class ClientSession {
       return { code: StatusCode.TO_ERROR, msg: "A receipt goes to exactly one user" };
     }
     const known = this.#deps.knownUser;
-    if (known) {
+    // A plugin's `to` may name something else (a group): only built-in deliveries are checked.
+    if (known && DELIVERED_TYPES.has(type)) {
       for (const user of recipients) {
-        if (!known(user) && user !== SYSTEM) {
+        if (!known(user)) {
           return { code: StatusCode.TO_ERROR, msg: `Unknown recipient: ${user}` };
         }
       }
