@@ -38,6 +38,8 @@ const { values: flags } = parseArgs({
     pairs: { type: "string", default: "10" },
     /** Raise the login failure budgets out of the way: every wrong login then hashes. */
     "no-login-budget": { type: "boolean", default: false },
+    /** Raise limits.maxPendingBytesPerSender out of the way (to see the store's start-up cost). */
+    "no-sender-quota": { type: "boolean", default: false },
   },
 });
 const MINUTES = Number(flags.minutes);
@@ -57,11 +59,18 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function pbkdf2Hash(password: string): Promise<string> {
   const b64 = (bytes: Uint8Array) =>
-    btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+    btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_")
+      .replace(/=+$/, "");
   const salt = crypto.getRandomValues(new Uint8Array(16));
-  const key = await crypto.subtle.importKey("raw", encoder.encode(password), "PBKDF2", false, [
-    "deriveBits",
-  ]);
+  const key = await crypto.subtle.importKey(
+    "raw",
+    encoder.encode(password),
+    "PBKDF2",
+    false,
+    [
+      "deriveBits",
+    ],
+  );
   const bits = await crypto.subtle.deriveBits(
     { name: "PBKDF2", hash: "SHA-256", salt, iterations: HASH_ITERATIONS },
     key,
@@ -71,7 +80,7 @@ async function pbkdf2Hash(password: string): Promise<string> {
 }
 
 async function writeConfig(dir: string): Promise<string> {
-  const users = ["victim", "attacker", "forger", "sender"];
+  const users = ["victim", "victim2", "attacker", "forger", "sender"];
   for (let i = 1; i <= PAIRS * 2; i++) users.push(`b${i}`);
   const lines = [
     "websocket: { url: 127.0.0.1, port: 0 }",
@@ -79,11 +88,16 @@ async function writeConfig(dir: string): Promise<string> {
     // JWT on: made-up recipients are accepted names (only the sender quota stops them).
     "  jwt: { secret: soak-jwt-secret-0123456789abcdef }",
     ...(flags["no-login-budget"]
-      ? ["  login: { maxFailuresPerIp: 100000000, maxFailuresPerUsername: 100000000 }"]
+      ? [
+        "  login: { maxFailuresPerIp: 100000000, maxFailuresPerUsername: 100000000 }",
+      ]
       : []),
     "  users:",
     ...users.map((u) => `    - { userId: ${u}, username: ${u}, password: ${u}-pw }`),
-    `    - { userId: hashed, username: hashed, password: "${await pbkdf2Hash("hashed-pw")}" }`,
+    `    - { userId: hashed, username: hashed, password: "${await pbkdf2Hash(
+      "hashed-pw",
+    )}" }`,
+    ...(flags["no-sender-quota"] ? ["limits: { maxPendingBytesPerSender: 1000000000000 }"] : []),
     `storage: { driver: sqlite, dir: ${JSON.stringify(`${dir}/data`)} }`,
     `server: { apiKey: ${API_KEY} }`,
     `plugins: { dir: ${JSON.stringify(`${dir}/plugins`)} }`,
@@ -116,8 +130,8 @@ async function startServer(config: string): Promise<Server> {
       if (match) listening.resolve(match[1]);
     }
   };
-  const drained = Promise.all([read(child.stdout), read(child.stderr)]).then(() =>
-    listening.reject(new Error(`The server exited:\n${out}`))
+  const drained = Promise.all([read(child.stdout), read(child.stderr)]).then(
+    () => listening.reject(new Error(`The server exited:\n${out}`)),
   );
   const url = await listening.promise;
   return {
@@ -141,7 +155,9 @@ async function login(url: string, user: string): Promise<string> {
     body: JSON.stringify({ username: user, password: `${user}-pw` }),
   });
   const body = await r.json();
-  if (r.status !== 200) throw new Error(`Login of ${user} failed: ${JSON.stringify(body)}`);
+  if (r.status !== 200) {
+    throw new Error(`Login of ${user} failed: ${JSON.stringify(body)}`);
+  }
   return body.data.token;
 }
 
@@ -152,10 +168,16 @@ async function login(url: string, user: string): Promise<string> {
  */
 const tokens = new Map<string, string>();
 
-async function sessionId(url: string, user: string, clientName: string): Promise<string> {
+async function sessionId(
+  url: string,
+  user: string,
+  clientName: string,
+): Promise<string> {
   let token = tokens.get(user);
   if (!token) tokens.set(user, token = await login(url, user));
-  const r = await fetch(`${url}/app/websocket/client/login/${clientName}`, { headers: { token } });
+  const r = await fetch(`${url}/app/websocket/client/login/${clientName}`, {
+    headers: { token },
+  });
   return (await r.json()).data;
 }
 
@@ -198,6 +220,36 @@ const text = (from: string, to: string, id: string, body: string) =>
 // --------------------------------------------------------------- bystanders
 
 let latencies: number[] = [];
+/** Latencies of bystander frames sent while an attack round was under way, by attack. */
+const during = new Map<string, number[]>();
+const activeRounds = new Set<string>();
+let serverPid = 0;
+
+/**
+ * Runs one round of an attack, recording the server's RSS rise over its start
+ * (sampled every 100 ms) and the bystanders' latencies meanwhile.
+ */
+async function round<T>(name: string, work: () => Promise<T>): Promise<T> {
+  const before = memory(serverPid).rss;
+  let top = before;
+  const timer = setInterval(
+    () => top = Math.max(top, memory(serverPid).rss),
+    100,
+  );
+  activeRounds.add(name);
+  try {
+    return await work();
+  } finally {
+    activeRounds.delete(name);
+    clearInterval(timer);
+    const rise = Math.round((top - before) / 1048576);
+    count(`${name} round RSS rise max MiB`, 0);
+    counts.set(
+      `${name} round RSS rise max MiB`,
+      Math.max(counts.get(`${name} round RSS rise max MiB`)!, rise),
+    );
+  }
+}
 
 async function bystanderPair(url: string, a: string, b: string) {
   let waiting: ((at: number) => void) | undefined;
@@ -215,7 +267,13 @@ async function bystanderPair(url: string, a: string, b: string) {
       const timeout = sleep(10_000).then(() => NaN);
       const at = await Promise.race([got, timeout]);
       if (Number.isNaN(at)) count("bystander frames lost (10 s)");
-      else latencies.push(at - sent);
+      else {
+        latencies.push(at - sent);
+        for (const name of activeRounds) {
+          if (!during.has(name)) during.set(name, []);
+          during.get(name)!.push(at - sent);
+        }
+      }
       await sleep(50);
     }
   }
@@ -225,16 +283,24 @@ async function bystanderPair(url: string, a: string, b: string) {
 
 // ------------------------------------------------------------------ attacks
 
-async function fillBacklog(url: string, to: string, n: number) {
-  const body = JSON.stringify({ title: "backlog", msg: "x".repeat(1000) });
+async function fillBacklog(url: string, to: string, n: number, size = 1000) {
+  const body = JSON.stringify({ title: "backlog", msg: "x".repeat(size) });
   for (let start = 0; start < n; start += 32) {
     await Promise.all(
-      Array.from({ length: Math.min(32, n - start) }, (_, k) =>
-        fetch(`${url}/server/messages`, {
-          method: "POST",
-          headers: { authorization: `Bearer ${API_KEY}` },
-          body: JSON.stringify({ id: `bl-${start + k}`, type: 3001, to, body }),
-        }).then((r) => r.body?.cancel())),
+      Array.from(
+        { length: Math.min(32, n - start) },
+        (_, k) =>
+          fetch(`${url}/server/messages`, {
+            method: "POST",
+            headers: { authorization: `Bearer ${API_KEY}` },
+            body: JSON.stringify({
+              id: `bl-${start + k}`,
+              type: 3001,
+              to,
+              body,
+            }),
+          }).then((r) => r.body?.cancel()),
+      ),
     );
   }
 }
@@ -244,17 +310,21 @@ async function backlogAttack(url: string) {
   count("backlog stored", 12_000);
   while (running) {
     const started = performance.now();
-    const replays = await Promise.all(Array.from({ length: 8 }, async (_, i) => {
-      let got = 0;
-      let last = performance.now();
-      const ws = await connect(url, "victim", `r${i}`, () => {
-        got++;
-        last = performance.now();
-      });
-      while (performance.now() - last < 2000) await sleep(100);
-      ws.close();
-      return got;
-    }));
+    const replays = await round(
+      "backlog",
+      () =>
+        Promise.all(Array.from({ length: 8 }, async (_, i) => {
+          let got = 0;
+          let last = performance.now();
+          const ws = await connect(url, "victim", `r${i}`, () => {
+            got++;
+            last = performance.now();
+          });
+          while (performance.now() - last < 2000) await sleep(100);
+          ws.close();
+          return got;
+        })),
+    );
     count("backlog rounds");
     count("backlog frames replayed", replays.reduce((a, b) => a + b, 0));
     count("backlog replay ms", Math.round(performance.now() - started));
@@ -272,9 +342,11 @@ function clientFrame(payload: Uint8Array): Uint8Array {
 }
 
 async function stuckAttack(url: string) {
-  await sleep(5_000);
+  // A backlog larger than the kernel's socket buffers, so the replay to a socket
+  // that never reads waits for it to drain (and live frames are held meanwhile).
+  await fillBacklog(url, "victim2", 1000, 20_000);
   while (running) {
-    const sid = await sessionId(url, "victim", "stuck");
+    const sid = await sessionId(url, "victim2", "stuck");
     const { hostname, port } = new URL(url);
     const conn = await Deno.connect({ hostname, port: Number(port) });
     await conn.write(encoder.encode(
@@ -287,26 +359,28 @@ async function stuckAttack(url: string) {
       id: "reg",
       type: 1000,
       isSystem: false,
-      from: "victim",
+      from: "victim2",
       to: "",
       body: JSON.stringify({ sessionId: sid }),
     }))));
     // The victim's other device sends for 10 s; its own copies are held for "stuck".
-    let answers = 0;
-    const other = await connect(url, "victim", "laptop", (f) => {
-      if (f.type === 9001) answers++;
+    await round("stuck", async () => {
+      let answers = 0;
+      const other = await connect(url, "victim2", "laptop", (f) => {
+        if (f.type === 9001) answers++;
+      });
+      const big = "y".repeat(30_000);
+      const until = performance.now() + 10_000;
+      let n = 0;
+      while (running && performance.now() < until) {
+        other.send(text("victim2", "sender", `s${Date.now()}-${n++}`, big));
+        await sleep(10);
+      }
+      count("stuck frames sent", n);
+      count("stuck frames answered", answers);
+      other.close();
+      conn.close();
     });
-    const big = "y".repeat(30_000);
-    const until = performance.now() + 10_000;
-    let n = 0;
-    while (running && performance.now() < until) {
-      other.send(text("victim", "sender", `s${Date.now()}-${n++}`, big));
-      await sleep(10);
-    }
-    count("stuck frames sent", n);
-    count("stuck frames answered", answers);
-    other.close();
-    conn.close();
     count("stuck rounds");
     await sleep(20_000);
   }
@@ -321,7 +395,9 @@ async function recipientsAttack(url: string) {
     answered.set(code, (answered.get(code) ?? 0) + 1);
   });
   while (running) {
-    const to = Array.from({ length: 100 }, (_, k) => `ghost-${i}-${k}`).join(",");
+    const to = Array.from({ length: 100 }, (_, k) => `ghost-${i}-${k}`).join(
+      ",",
+    );
     ws.send(text("attacker", to, `g${i++}`, "z".repeat(100)));
     await sleep(10); // 100 frames/s: under the default rate limit
   }
@@ -348,7 +424,8 @@ async function loginAttack(url: string) {
 async function dupkeysAttack(url: string) {
   let forgedSeen = 0;
   const victim = await connect(url, "sender", "dup", (f) => {
-    if (f.from === "SYSTEM" && f.type === 2001) forgedSeen++;
+    // Delivered at all: a parser that keeps the first value reads it as from SYSTEM.
+    if (f.type === 2001 && String(f.id).startsWith("d")) forgedSeen++;
   });
   const answers = new Map<number, number>();
   const ws = await connect(url, "forger", "dup", (f) => {
@@ -365,7 +442,7 @@ async function dupkeysAttack(url: string) {
     await sleep(1000);
   }
   for (const [code, n] of answers) count(`dupkeys answered ${code}`, n);
-  count("dupkeys forged frames seen by the recipient", forgedSeen);
+  count("dupkeys forged frames delivered", forgedSeen);
   ws.close();
   victim.close();
 }
@@ -384,14 +461,17 @@ const config = await writeConfig(dir);
 const server = await startServer(config);
 await sleep(1000);
 const baseline = memory(server.pid).rss;
+serverPid = server.pid;
 console.log(
   `soak: ${MINUTES} min, attacks: ${[...ATTACKS].join(", ")}, ${PAIRS} bystander pairs, ` +
     `server ${ROOT} (pid ${server.pid}), RSS at start ${mib(baseline)} MiB`,
 );
-for (const user of ["victim", "attacker", "forger", "sender"]) {
+for (const user of ["victim", "victim2", "attacker", "forger", "sender"]) {
   tokens.set(user, await login(server.url, user));
 }
-for (let i = 1; i <= PAIRS * 2; i++) tokens.set(`b${i}`, await login(server.url, `b${i}`));
+for (let i = 1; i <= PAIRS * 2; i++) {
+  tokens.set(`b${i}`, await login(server.url, `b${i}`));
+}
 const tasks: Promise<unknown>[] = [];
 for (let i = 0; i < PAIRS; i++) {
   tasks.push(bystanderPair(server.url, `b${2 * i + 1}`, `b${2 * i + 2}`));
@@ -412,7 +492,9 @@ for (const name of ATTACKS) {
     }),
   );
 }
-console.log("minute | RSS MiB | peak MiB | bystander frames | p50 ms | p99 ms | max ms");
+console.log(
+  "minute | RSS MiB | peak MiB | bystander frames | p50 ms | p99 ms | max ms",
+);
 let allLatencies: number[] = [];
 for (let minute = 1; minute <= MINUTES; minute++) {
   const step = 60_000 / 4;
@@ -443,6 +525,16 @@ console.log(
   } ms; peak RSS ${mib(memory(server.pid).peak)} MiB`,
 );
 for (const [what, n] of [...counts].sort()) console.log(`  ${what}: ${n}`);
+for (const [name, sample] of during) {
+  sample.sort((a, b) => a - b);
+  console.log(
+    `  bystanders during ${name} rounds: ${sample.length} frames, p50 ${
+      quantile(sample, 0.5).toFixed(1)
+    } ms, p99 ${quantile(sample, 0.99).toFixed(1)} ms, max ${
+      sample[sample.length - 1].toFixed(0)
+    } ms`,
+  );
+}
 await server.stop();
 // Item 4: what the store the run left costs at start-up.
 const again = await startServer(config);

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import {
   DB_FILE,
+  HELD_CACHE,
   openSqliteStore,
   SCHEMA_VERSION,
   SWEEP_CHUNK,
@@ -304,6 +305,45 @@ Deno.test("SqliteStore fails only the write that cannot be stored, not its whole
       assert.deepEqual((await allUnacknowledged(store, "bob")).map((m) => m.id), ["m1", "m2"]);
       assert.equal(await store.pendingCount(), 2);
       assert.ok(logger.lines.some((line) => line.level === "error"));
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+Deno.test("SqliteStore keeps the cap with more recipients than its count cache holds", async () => {
+  await withDir(async (dir) => {
+    const store = await openSqliteStore({ dir, maxPerUser: 2 });
+    try {
+      for (let i = 0; i < 3; i++) await store.accept(message("a", `early${i}`, ["victim"]));
+      // Made-up names push "victim" out of the count cache.
+      const names = Array.from({ length: HELD_CACHE + 10 }, (_, i) => `ghost${i}`);
+      for (let start = 0; start < names.length; start += 500) {
+        await store.accept(message("a", `spam${start}`, names.slice(start, start + 500)));
+      }
+      await store.accept(message("a", "late", ["victim"]));
+      assert.deepEqual((await allUnacknowledged(store, "victim")).map((m) => m.id), [
+        "early2",
+        "late",
+      ]);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+Deno.test("SqliteStore counts a sender's pending bytes again after a reopen", async () => {
+  await withDir(async (dir) => {
+    const frame = (id: string) => ({ ...message("mallory", id, ["x"]), text: "x".repeat(100) });
+    const first = await openSqliteStore({ dir, maxPendingBytesPerSender: 250 });
+    await first.accept(frame("m0"));
+    await first.accept(frame("m1"));
+    await first.close();
+    const store = await openSqliteStore({ dir, maxPendingBytesPerSender: 250 });
+    try {
+      assert.equal((await store.accept(frame("m2"))).overQuota, true);
+      await store.markDelivered("x", [{ sender: "mallory", id: "m0" }]);
+      assert.deepEqual(await store.accept(frame("m2")), { duplicate: false });
     } finally {
       await store.close();
     }

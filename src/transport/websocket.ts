@@ -130,7 +130,9 @@ export class WebSocketTransport {
         safeClose(socket, code, reason);
       },
       async drain(): Promise<boolean> {
-        const room = options.maxBufferedBytes / 2;
+        // A replay keeps little in flight: its memory is per connection, and 8 replays at
+        // once should cost a few MiB, not 8 times half the slow-consumer budget.
+        const room = Math.min(options.maxBufferedBytes / 2, REPLAY_ROOM);
         while (socket.readyState === WebSocket.OPEN && socket.bufferedAmount > room) {
           await new Promise((resolve) => setTimeout(resolve, 5));
         }
@@ -222,6 +224,9 @@ export class WebSocketTransport {
 }
 
 const encoder = new TextEncoder();
+
+/** Bytes a replay leaves unsent before it waits for the socket to drain. */
+const REPLAY_ROOM = 256 * 1024;
 
 /** The id and type of a frame refused before decoding, for its 9001 answer. */
 function peek(text: string): { id: string; type: number } {
