@@ -9,6 +9,7 @@ import {
   ClientSession,
   type CustomTypes,
   type SessionDeps,
+  type SessionEvents,
   type SessionLimits,
   type SocketPort,
   type Status,
@@ -133,7 +134,7 @@ interface Conn {
 }
 
 function world(
-  options: { limits?: Partial<SessionLimits>; store?: MessageStore } = {},
+  options: { limits?: Partial<SessionLimits>; store?: MessageStore; events?: SessionEvents } = {},
 ): World {
   const logger = createLogger({ level: "error", write: () => {} });
   const hub = new Hub("i1");
@@ -155,7 +156,7 @@ function world(
     hub,
     custom,
     logger,
-    events: {},
+    events: options.events ?? {},
     limits: { ...LIMITS, ...options.limits },
     accepting: () => gate.accepting,
     nextId: () => ++ids,
@@ -820,6 +821,104 @@ Deno.test("ClientSession leaves the hub when its socket closes", async () => {
     u1.session.closed();
     u1.session.closed();
     assertEquals([w.hub.size, w.hub.openCount, w.hub.isOnline("u1")], [0, 0, false]);
+  } finally {
+    w.dispose();
+  }
+});
+
+Deno.test("ClientSession reports every answer and refusal to its events", async () => {
+  const seen: string[] = [];
+  let now = 0;
+  const w = world({
+    limits: { rateLimit: { perSecond: 1, burst: 3, closeAfterSeconds: 60, now: () => now } },
+    events: {
+      answered: (type, code) => seen.push(`answered ${type} ${code}`),
+      registered: (conn) => seen.push(`registered ${conn.userId}`),
+      disconnected: (conn) => seen.push(`disconnected ${conn.userId}`),
+      refused: (reason) => seen.push(`refused ${reason}`),
+      rateLimited: () => seen.push("rateLimited"),
+      openChanged: (delta) => seen.push(`open ${delta}`),
+    },
+  });
+  try {
+    const u1 = await w.login("u1");
+    u1.session.receiveBinary();
+    await u1.send(text("u1", "u2"));
+    await u1.send(text("u1", "u2", "m2"));
+    await u1.send(text("u1", "u2", "m3")); // over the burst of 3
+    w.gate.accepting = false;
+    now = 10_000;
+    await u1.send(text("u1", "u2", "m4"));
+    u1.session.receive("x".repeat(70_000));
+    await settle();
+    assertEquals(seen, [
+      "open 1",
+      "answered 1000 200",
+      "registered u1",
+      "answered 0 401",
+      "answered 2001 200",
+      "answered 2001 200",
+      "rateLimited",
+      "answered 2001 400",
+      "answered 2001 400",
+      "refused frame_too_large",
+      "open -1",
+      "disconnected u1",
+    ]);
+  } finally {
+    w.dispose();
+  }
+});
+
+Deno.test("ClientSession registers within the per-user limit and replaces its own client", async (t) => {
+  await t.step(
+    "another client past maxConnectionsPerUser is 400; its sessionId stays",
+    async () => {
+      const w = world({ limits: { maxConnectionsPerUser: 1 } });
+      try {
+        await w.login("u1", "web");
+        const { session, socket } = w.open();
+        const sid = await w.sessions.issue({ userId: "u1", clientName: "phone" });
+        session.receive(JSON.stringify(register("u1", sid)));
+        await until(() => socket.answers().length === 1, "an answer");
+        assertEquals(socket.answers()[0].code, 400);
+        assertEquals(socket.answers()[0].msg, "Too many connections for user u1: at most 1");
+        assertEquals(await w.sessions.peek(sid), { userId: "u1", clientName: "phone" });
+      } finally {
+        w.dispose();
+      }
+    },
+  );
+  await t.step("the same client registering again replaces the old connection (4001)", async () => {
+    const w = world({ limits: { maxConnectionsPerUser: 1 } });
+    try {
+      const old = await w.login("u1", "web");
+      const fresh = await w.login("u1", "web");
+      await settle();
+      assertEquals(old.socket.closes, [{ code: 4001, reason: "replaced" }]);
+      assertEquals(fresh.socket.closes, []);
+      assertEquals([...w.hub.connectionsOf("u1")].length, 1);
+      const u2 = await w.login("u2");
+      await u2.send(text("u2", "u1", "to-fresh"));
+      await settle();
+      assertEquals(fresh.socket.frames().map((f) => f.id), ["to-fresh"]);
+      assertEquals(old.socket.frames(), []);
+    } finally {
+      w.dispose();
+    }
+  });
+});
+
+Deno.test("hub.closeAll() closes every session, registered or not, and resolves", async () => {
+  const w = world();
+  try {
+    const u1 = await w.login("u1");
+    const waiting = w.open();
+    assertEquals(w.hub.openCount, 2);
+    await w.hub.closeAll(1001, "going away");
+    assertEquals(u1.socket.closes, [{ code: 1001, reason: "going away" }]);
+    assertEquals(waiting.socket.closes, [{ code: 1001, reason: "going away" }]);
+    assertEquals([w.hub.openCount, w.hub.size], [0, 0]);
   } finally {
     w.dispose();
   }
