@@ -227,6 +227,8 @@ function register(from: string, sessionId: string, id = "r1"): Record<string, un
   };
 }
 
+const u2Web = { userId: "u2", clientName: "web" };
+
 function text(from: string, to: string, id = "m1", body = "hi"): Record<string, unknown> {
   return { id, type: 2001, isSystem: false, from, to, body };
 }
@@ -793,8 +795,6 @@ Deno.test("ClientSession replays stored messages before live frames", async (t) 
     }
   });
 });
-
-const u2Web = { userId: "u2", clientName: "web" };
 
 Deno.test("ClientSession closes with 1013 a client that does not read", async () => {
   const w = world({ limits: { maxBufferedBytes: 10_000 } });
