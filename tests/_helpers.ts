@@ -121,9 +121,11 @@ export interface ProcessOutput {
 }
 
 /**
- * Reads a server process's streams (stdout, and stderr if given) until its
- * `listening on` line, and keeps draining them afterwards so the child never
- * blocks on a full pipe.
+ * Reads a server process's streams until its `listening on` line, and keeps
+ * draining them afterwards so the child never blocks on a full pipe. Pass
+ * stderr as well as stdout: when the process exits before listening, the
+ * rejection carries everything it printed, so a failing test shows why (a
+ * locked storage directory, a busy port, a bad config).
  */
 export function untilListening(...streams: ReadableStream<Uint8Array>[]): ProcessOutput {
   let out = "";

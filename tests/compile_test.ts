@@ -36,9 +36,9 @@ Deno.test({
     const child = new Deno.Command(`${ROOT}dist/im-server`, {
       cwd: dir,
       stdout: "piped",
-      stderr: "null",
+      stderr: "piped",
     }).spawn();
-    const output = untilListening(child.stdout);
+    const output = untilListening(child.stdout, child.stderr);
     const url = await output.url;
     const page = await fetch(`${url}/`);
     assertEquals(page.status, 200, "the console is embedded");
