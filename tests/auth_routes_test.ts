@@ -43,6 +43,24 @@ Deno.test("login routes", async (t) => {
     assertEquals(await response.json(), { code: 400, msg: "Body is not valid JSON" });
   });
 
+  await t.step("JSON sent as a form (curl -d without a content type) logs in", async () => {
+    for (const route of ["/app/login", "/api/login"]) {
+      const response = await fetch(`${url}${route}`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+        body: ' {"username":"alice","password":"alice-pw"}',
+      });
+      assertEquals(response.status, 200, route);
+      assertEquals((await response.json()).data.userId, "u1");
+    }
+    const broken = await fetch(`${url}/app/login`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: '{"username":"alice"',
+    });
+    assertEquals(await broken.json(), { code: 400, msg: "Body is not valid JSON" });
+  });
+
   await t.step("POST /api/login takes a form and sets an HttpOnly cookie", async () => {
     const response = await fetch(`${url}/api/login`, {
       method: "POST",

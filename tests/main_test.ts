@@ -1,7 +1,6 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { verifyPassword } from "../src/auth/password.ts";
-import YAML from "yaml";
-import { untilListening } from "./_helpers.ts";
+import { shippedConfig, untilListening } from "./_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -69,23 +68,6 @@ Deno.test("a bad config stops start-up naming the file, the key path and the rea
     );
   });
 });
-
-/**
- * The shipped config.yaml, written to a temporary file with its storage moved
- * to a temporary directory: a `deno task start` running in this checkout holds
- * `./data` and port 8081, and a test must not touch either.
- */
-async function shippedConfig(
-  patch: (config: Record<string, Record<string, unknown>>) => void = () => {},
-) {
-  const dir = await Deno.makeTempDir({ prefix: "im-main-test-" });
-  const config = YAML.parse(await Deno.readTextFile(`${ROOT}config.yaml`));
-  config.storage = { ...config.storage, dir: `${dir}/data` };
-  patch(config);
-  const path = `${dir}/config.yaml`;
-  await Deno.writeTextFile(path, YAML.stringify(config));
-  return { path, dir, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
-}
 
 Deno.test("main.ts serves config.yaml with IM_PORT, prints its address and stops on SIGTERM", async () => {
   await using config = await shippedConfig();
