@@ -22,7 +22,7 @@ import {
 } from "../src/client/client.js";
 import { MessageType, StatusCode, statusName, SYSTEM } from "../src/protocol/codes.ts";
 import { createServer, type ImServer } from "../src/server.ts";
-import { startServer, testConfig } from "./_helpers.ts";
+import { startServer, TEST_API_KEY, testConfig } from "./_helpers.ts";
 import { createLogger } from "../src/log.ts";
 
 const FAST = { minDelayMs: 20, maxDelayMs: 200, factor: 2, jitter: 0.5 };
@@ -365,6 +365,37 @@ Deno.test("client closes for good when a newer connection replaces it (4001)", a
   } finally {
     await first.close();
     await second.close();
+  }
+});
+
+Deno.test("client closes for good when a business backend kicks it (4003)", async () => {
+  await using server = await startServer();
+  const alice = client(server.url, "alice", { clientName: "phone" });
+  const states: ClientEventMap["state"][] = [];
+  alice.on("state", (s) => states.push(s));
+  await alice.connect();
+  const closed = next(alice, "state", (s) => s.state === "closed");
+  const errored = next(alice, "error");
+  const kick = await fetch(`${server.url}/server/kick`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${TEST_API_KEY}`, "content-type": "application/json" },
+    body: JSON.stringify({ userId: "u1", clientName: "phone" }),
+  });
+  assertEquals((await kick.json()).data.kicked, 1);
+  try {
+    const state = await closed;
+    assertEquals([state.reason, state.code], ["kicked", 4003]);
+    assert(await errored instanceof ClosedError);
+    await assertRejects(() => alice.send("u2", "x"), ClosedError, "kicked");
+    // Longer than its whole reconnect backoff: the user is still offline.
+    await delay(FAST.maxDelayMs * 3);
+    assertEquals(states.map((s) => s.state), ["connecting", "open", "closed"]);
+    const presence = await fetch(`${server.url}/server/presence?users=u1`, {
+      headers: { authorization: `Bearer ${TEST_API_KEY}` },
+    });
+    assertEquals((await presence.json()).data.u1.online, false);
+  } finally {
+    await alice.close();
   }
 });
 
