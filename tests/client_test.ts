@@ -399,6 +399,48 @@ Deno.test("client closes for good when a business backend kicks it (4003)", asyn
   }
 });
 
+Deno.test("client does not acknowledge copies of its user's own sends", async () => {
+  await using server = await startServer();
+  const web = client(server.url, "alice", { clientName: "web" });
+  await web.connect();
+  const phone = client(server.url, "alice", { clientName: "phone" });
+  const bob = client(server.url, "bob");
+  const receiptsOut: string[] = [];
+  phone.on("frame", (f) => {
+    if (f.direction === "out" && f.frame?.type === ClientMessageType.RECEIPT) {
+      receiptsOut.push(f.frame.id);
+    }
+  });
+  const refused: string[] = [];
+  phone.on("status", (s) => {
+    if (s.type === ClientMessageType.RECEIPT && s.code !== 200) refused.push(`${s.id} ${s.code}`);
+  });
+  await phone.connect();
+  await bob.connect();
+  try {
+    // A copy: from alice, alice not in `to`.
+    const copy = next(phone, "message", (m) => m.body === "to bob");
+    const { id: copyId } = await web.send("u2", "to bob");
+    assertEquals((await copy).from, "u1");
+    await delay(0); // the receipt, if any, goes out right after the event
+    assertEquals(receiptsOut, [], "no 9101 for an own copy");
+
+    // Alice is a recipient too: the phone acknowledges, and the server accepts it.
+    const both = next(phone, "message", (m) => m.body === "to both");
+    const accepted = next(phone, "status", (s) => s.type === ClientMessageType.RECEIPT);
+    const { id } = await web.send(["u2", "u1"], "to both");
+    await both;
+    assertEquals((await accepted).code, 200);
+    assertEquals(receiptsOut, [id]);
+    assert(!receiptsOut.includes(copyId));
+    assertEquals(refused, []);
+  } finally {
+    await web.close();
+    await phone.close();
+    await bob.close();
+  }
+});
+
 Deno.test("client close() rejects queued frames and ends iterators", async () => {
   await using server = await startServer();
   const c = client(server.url, "alice");

@@ -238,6 +238,14 @@ function parseNotice(body) {
 }
 
 /**
+ * The entries of a frame's `to`, trimmed, empty ones left out.
+ * @param {string} to
+ */
+function recipients(to) {
+  return to.split(",").map((entry) => entry.trim()).filter((entry) => entry !== "");
+}
+
+/**
  * @param {unknown} value
  * @returns {value is import("./client.d.ts").Message}
  */
@@ -1005,8 +1013,9 @@ export class ImClient extends EventTarget {
   /** @param {import("./client.d.ts").Message} frame */
   #autoReceipt(frame) {
     if (!this.#options.receipts) return;
-    // Copies of our own frames sent from another device need no receipt.
-    if (frame.from === this.#userId && !frame.to.split(",").includes(this.#userId ?? "")) return;
+    // A copy of this user's own send (from = self, self not in `to`) is not acknowledged: the
+    // server would answer 407 (PROTOCOL.md section 10). `to` entries are trimmed, as the server does.
+    if (frame.from === this.#userId && !recipients(frame.to).includes(this.#userId ?? "")) return;
     const body = JSON.stringify({ code: 200, status: "SUCCESS", msg: "SUCCESS" });
     this.#sendFrame(MessageType.RECEIPT, frame.from, body, frame.id, false).catch(() => {});
   }
