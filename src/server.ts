@@ -181,6 +181,8 @@ async function start(
     tokens,
     sessions: backends.sessions,
     cookieName: config.auth.cookieName,
+    cookieSameSite: config.auth.cookieSameSite,
+    cookieSecure: config.auth.cookieSecure,
     tokenTtlSeconds: config.auth.tokenTtlSeconds,
   });
   const apiKeys = [...config.server.apiKeys];

@@ -17,8 +17,14 @@ export interface AuthRouteDeps {
   tokens: TokenService;
   sessions: SessionStore;
   cookieName: string;
+  /** `SameSite` attribute of the cookie. */
+  cookieSameSite: "lax" | "strict" | "none";
+  /** `Secure` attribute: always, never, or (undefined) when the request came over HTTPS. */
+  cookieSecure?: boolean;
   tokenTtlSeconds: number;
 }
+
+const SAME_SITE = { lax: "Lax", strict: "Strict", none: "None" } as const;
 
 const Credentials = z.object({
   username: z.string().min(1),
@@ -89,13 +95,13 @@ export function addAuthRoutes(router: Router, deps: AuthRouteDeps): void {
   router.add("POST", "/api/login", async (request) => {
     const userId = await login(request);
     const token = await deps.tokens.issue(userId);
-    const secure = new URL(request.url).protocol === "https:" ||
-      request.headers.get("x-forwarded-proto") === "https";
+    const secure = deps.cookieSecure ?? (new URL(request.url).protocol === "https:" ||
+      request.headers.get("x-forwarded-proto") === "https");
     const cookieValue = [
       `${deps.cookieName}=${token}`,
       "HttpOnly",
       "Path=/",
-      "SameSite=Lax",
+      `SameSite=${SAME_SITE[deps.cookieSameSite]}`,
       `Max-Age=${deps.tokenTtlSeconds}`,
       ...(secure ? ["Secure"] : []),
     ].join("; ");
