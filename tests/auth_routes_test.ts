@@ -225,7 +225,8 @@ Deno.test("the session cookie's SameSite and Secure follow auth.cookieSameSite a
       const error = assertThrows(() => testConfig({ auth } as never));
       assert(error instanceof ConfigError, String(error));
       assert(
-        error.message.includes("auth.cookieSameSite: cookieSameSite none needs cookieSecure: true"),
+        error.message.includes("auth.cookieSameSite") &&
+          error.message.includes("none needs auth.cookieSecure: true"),
         error.message,
       );
     }
@@ -240,3 +241,24 @@ function assertThrows(fn: () => unknown): unknown {
   }
   throw new Error("Expected an exception");
 }
+
+Deno.test("a logged-in user asks who is online with GET /app/presence", async () => {
+  await using srv = await startServer();
+  await srv.connect("alice");
+  const token = await login(srv.url, "bob", "bob-pw");
+  const get = async (query: string, headers: Record<string, string> = { token }) => {
+    const response = await fetch(`${srv.url}/app/presence${query}`, { headers });
+    return { status: response.status, body: await response.json() };
+  };
+  const answer = await get("?users=u1,%20u3,u1");
+  assertEquals(answer.status, 200);
+  assertEquals(answer.body, { data: { u1: { online: true }, u3: { online: false } } });
+  const cookie = await fetch(`${srv.url}/api/presence?users=u1`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  assertEquals((await cookie.json()).data.u1.online, true);
+  assertEquals((await get("?users=u1", {})).status, 401);
+  assertEquals((await get("")).body, { code: 400, msg: 'Query "users" is required: ?users=u2,u3' });
+  const many = Array.from({ length: 501 }, (_, i) => `x${i}`).join(",");
+  assertEquals((await get(`?users=${many}`)).status, 400);
+});

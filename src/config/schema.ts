@@ -71,8 +71,8 @@ export const ConfigSchema = z.strictObject({
     /** Seconds a sessionId stays redeemable. */
     sessionTtlSeconds: positiveInt.default(60),
   }).refine((auth) => auth.cookieSameSite !== "none" || auth.cookieSecure === true, {
-    message: "cookieSameSite none needs cookieSecure: true (browsers drop a SameSite=None " +
-      "cookie that is not Secure)",
+    message: "none needs auth.cookieSecure: true (browsers drop a SameSite=None cookie that " +
+      "is not Secure)",
     path: ["cookieSameSite"],
   }).prefault({}),
   limits: z.strictObject({

@@ -7,6 +7,7 @@
  * - `POST /app/login`, `POST /api/login`
  * - `GET /{app,api}/websocket/client/login/{clientName}`
  * - `GET /{app,api}/messages?with=u2&before=CURSOR&limit=50`
+ * - `GET /{app,api}/presence?users=u2,u3`: whether each user is online (nothing more)
  *
  * @module
  */
@@ -20,6 +21,7 @@ import type { TokenService } from "../auth/tokens.ts";
 import type { UserDirectory } from "../auth/users.ts";
 import type { SessionStore } from "../core/sessions.ts";
 import type { MessageStore } from "../core/store.ts";
+import type { Presence } from "../core/presence.ts";
 import { CLIENT_NAME, CLIENT_NAME_RULE } from "../protocol/names.ts";
 
 /** What the client routes need. */
@@ -28,6 +30,9 @@ export interface ClientRouteDeps {
   tokens: TokenService;
   sessions: SessionStore;
   store: MessageStore;
+  presence: Presence;
+  /** `limits.maxRecipients`: most users in one presence query. */
+  maxUsers: number;
   cookieName: string;
   /** `SameSite` attribute of the cookie. */
   cookieSameSite: "lax" | "strict" | "none";
@@ -85,6 +90,24 @@ export function addClientRoutes(router: Router, deps: ClientRouteDeps): void {
     router.add("GET", `/${kind}/messages`, async (request) => {
       const userId = await requireUser(request, kind, deps);
       return historyPage(deps.store, userId, parseHistoryQuery(request));
+    });
+
+    router.add("GET", `/${kind}/presence`, async (request) => {
+      await requireUser(request, kind, deps);
+      const users = [
+        ...new Set(
+          (new URL(request.url).searchParams.get("users") ?? "").split(",")
+            .map((user) => user.trim()).filter((user) => user !== ""),
+        ),
+      ];
+      if (users.length === 0) throw new HttpError(400, 'Query "users" is required: ?users=u2,u3');
+      if (users.length > deps.maxUsers) {
+        throw new HttpError(400, `At most ${deps.maxUsers} users per query`);
+      }
+      const found = await deps.presence.lookup(users);
+      const data: Record<string, { online: boolean }> = {};
+      for (const user of users) data[user] = { online: (found.get(user)?.length ?? 0) > 0 };
+      return json({ data });
     });
   }
 }
