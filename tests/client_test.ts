@@ -432,6 +432,14 @@ Deno.test("client does not acknowledge copies of its user's own sends", async ()
     await both;
     assertEquals((await accepted).code, 200);
     assertEquals(receiptsOut, [id]);
+
+    // `to` entries are trimmed, by the server and the client alike: " u1" is alice.
+    const spaced = next(phone, "message", (m) => m.body === "spaced");
+    const acceptedSpaced = next(phone, "status", (s) => s.type === ClientMessageType.RECEIPT);
+    const { id: spacedId } = await web.send("u2, u1", "spaced");
+    await spaced;
+    assertEquals((await acceptedSpaced).code, 200);
+    assertEquals(receiptsOut, [id, spacedId]);
     assert(!receiptsOut.includes(copyId));
     assertEquals(refused, []);
   } finally {
