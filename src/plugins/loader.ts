@@ -119,8 +119,10 @@ export async function loadPlugins(
 export function describeImportError(error: unknown): string {
   if (!(error instanceof Error)) return `import failed: ${error}`;
   const [first, ...rest] = error.message.split("\n");
-  const where = `${error.message}\n${error.stack ?? ""}`
-    .match(/(file:\/\/[^\s)]+?):(\d+):(\d+)/);
+  // The first place named outside this server's own code (the loader's `import()` is no answer).
+  const own = new URL("../", import.meta.url).href;
+  const where = [...`${error.message}\n${error.stack ?? ""}`
+    .matchAll(/(file:\/\/[^\s)]+?):(\d+):(\d+)/g)].find((match) => !match[1].startsWith(own));
   const excerpt = rest.filter((line) => !/^\s+at /.test(line) && line.trim() !== "");
   if (!where) return `import failed: ${first}`;
   const file = decodeURIComponent(new URL(where[1]).pathname);
