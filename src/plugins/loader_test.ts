@@ -175,4 +175,14 @@ Deno.test("loadPlugins() names the file in every validation message", async (t) 
       }
     });
   }
+  await t.step("an import that fails at a place in the plugin: file, line and column", async () => {
+    const error = new SyntaxError(
+      "Expected ';', got 'y' at file:///p/bad.ts:3:11\n\n  const x y = 1;\n          ~",
+    );
+    const { load } = fakeImport({ "bad.ts": error });
+    await assertRejects(
+      () => loadPlugins("/p", { fs: fakeFs(["bad.ts"]), import: load }),
+      `Cannot load plugin "bad.ts": import failed at /p/bad.ts, line 3, column 11: Expected ';'`,
+    );
+  });
 });
