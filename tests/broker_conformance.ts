@@ -156,6 +156,8 @@ export function brokerConformance(name: string, open: () => Promise<BrokerBacken
       const [i1, i2, i3] = await Promise.all(["i1", "i2", "i3"].map((n) => start(backend, n)));
       await backend.connected("bob", "web", "i2");
       await backend.connected("carol", "web", "i3");
+      // Alice sends from her web client on i1; her phone on i3 gets the echo.
+      await backend.connected("alice", "web", "i1");
       await backend.connected("alice", "phone", "i3");
       await i1.broker.publish({ text: "to bob", users: ["bob"] });
       await i1.broker.publish({ text: "to both", users: ["bob", "carol"] });
