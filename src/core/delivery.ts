@@ -2,14 +2,15 @@
  * Delivery: accepts messages into the store, routes them through the broker to
  * the hub's connections, replays stored messages at register, and records
  * receipts. Every path that sends a stored frame to users goes through here
- * (client frames, the business API and plugins alike).
+ * (client frames, the business API and plugins alike). Kicks go straight to
+ * the broker and end in {@link Hub.kick}.
  *
  * @module
  */
-import type { Broker, Delivery as Routed, Kick, Origin } from "./broker.ts";
+import type { Broker, Delivery as Routed, Origin } from "./broker.ts";
 import type { Connection, Hub } from "./hub.ts";
 import type { MessageKey, MessageStore } from "./store.ts";
-import { SYSTEM } from "../protocol/codes.ts";
+import { CloseCode, SYSTEM } from "../protocol/codes.ts";
 import type { Logger } from "../log.ts";
 
 /** A message to accept and deliver. */
@@ -97,18 +98,13 @@ export class DeliveryService {
   start(): Promise<void> {
     return this.#broker.subscribe({
       deliver: (delivery) => this.#deliverHere(delivery),
-      kick: (kick) => this.#kickHere(kick),
+      kick: (kick) => this.#hub.kick(kick),
     });
   }
 
   /** How other instances know `conn`. */
   #origin(conn: Connection): Origin {
     return { instance: this.#instance, conn: conn.id };
-  }
-
-  /** Whether `origin` is `conn` (of this instance). */
-  #is(origin: Origin | undefined, conn: Connection): boolean {
-    return origin?.instance === this.#instance && origin.conn === conn.id;
   }
 
   /**
@@ -199,20 +195,16 @@ export class DeliveryService {
   /**
    * Registers a connection: adds it to the hub (closing the one it replaces
    * with 4001), calls `registered` (which sends the 9001), then replays every
-   * unacknowledged stored message, oldest first, before any live frame. The
-   * replay reads {@link REPLAY_PAGE} messages at a time and waits for the
-   * socket to drain every {@link REPLAY_CHUNK_BYTES}, so a backlog costs a page
-   * of memory, not the inbox.
+   * unacknowledged stored message, oldest first, before any live frame.
    */
   async register(conn: Connection, registered: () => void): Promise<void> {
-    const replaced = this.#hub.add(conn);
-    if (replaced) replaced.close(4001, "replaced");
+    const { REPLACED } = CloseCode;
+    this.#hub.add(conn)?.close(REPLACED.code, REPLACED.reason);
     // The same client may be registered on another instance too.
     await this.#broker.kick({
       userId: conn.userId,
       clientName: conn.clientName,
-      code: 4001,
-      reason: "replaced",
+      ...REPLACED,
       except: this.#origin(conn),
     });
     registered();
@@ -221,15 +213,21 @@ export class DeliveryService {
     } catch (error) {
       this.#logger.error("Replay of stored messages failed", { user: conn.userId, error });
     } finally {
-      this.#hub.endReplay(conn);
+      conn.endReplay();
     }
   }
 
+  /**
+   * Reads the stored messages page by page. Live copies of stored messages are
+   * not held for the connection meanwhile (they are in the store, after the
+   * cursor): the replay reads on until a page finds no more and none arrived
+   * during it, then ends in the same turn, so no copy arrives unseen.
+   */
   async #replay(conn: Connection): Promise<void> {
     let after: string | undefined;
     let bytes = 0;
     // Paced by the socket: a large backlog must not look like a slow consumer.
-    while (this.#hub.pageRead(conn)) {
+    while (conn.pageRead()) {
       const page = await this.#store.unacknowledged(conn.userId, { after, limit: REPLAY_PAGE });
       let sent = 0;
       for (const message of page.messages) {
@@ -237,7 +235,7 @@ export class DeliveryService {
           bytes = 0;
           if (!await conn.drain()) break;
         }
-        conn.send(message.text);
+        conn.replay(message);
         bytes += message.text.length;
         sent++;
       }
@@ -248,25 +246,10 @@ export class DeliveryService {
       }
       if (sent < page.messages.length) return;
       after = page.cursor ?? after;
-      // Live copies that arrived meanwhile are after the cursor: read on. Else
-      // end the replay now, in this turn, so that no copy arrives unseen.
-      if (!page.more && !this.#hub.arrived(conn)) {
-        this.#hub.endReplay(conn);
+      if (!page.more && !conn.arrived()) {
+        conn.endReplay();
         return;
       }
-    }
-  }
-
-  /** Closes connections on every instance (business API kick). */
-  kick(kick: Kick): Promise<void> {
-    return this.#broker.kick(kick);
-  }
-
-  #kickHere(kick: Kick): void {
-    for (const conn of [...this.#hub.connectionsOf(kick.userId)]) {
-      if (kick.clientName !== undefined && conn.clientName !== kick.clientName) continue;
-      if (this.#is(kick.except, conn)) continue;
-      conn.close(kick.code, kick.reason);
     }
   }
 
@@ -277,7 +260,7 @@ export class DeliveryService {
     let sent = 0;
     let keys: MessageKey[] | undefined;
     for (const user of delivery.users) {
-      const reached = this.#hub.deliver(user, text, except, stored !== undefined);
+      const reached = this.#hub.deliver(user, text, except, stored);
       if (reached === 0) continue;
       sent += reached;
       if (stored) {
@@ -287,6 +270,7 @@ export class DeliveryService {
     }
     const echo = delivery.echoTo;
     if (echo !== undefined && !delivery.users.includes(echo)) {
+      // An own copy is not in the echo user's inbox: not `stored` for them.
       sent += this.#hub.deliver(echo, text, except);
     }
     if (sent > 0) this.#observer.sent?.(sent, delivery.acceptedAt);

@@ -1,10 +1,13 @@
 /**
- * The hub: the registered connections of this instance, by user and client.
- * It knows nothing of other instances (that is the broker's job) nor of the
- * WebSocket API (the transport adapts sockets to {@link Connection}).
+ * The hub: this instance's connections. It holds every open one (to close
+ * them all at shutdown) and the registered ones by user and client (to deliver
+ * frames and to kick). It knows nothing of other instances (that is the
+ * broker's job) nor of the WebSocket API (the transport adapts sockets).
  *
  * @module
  */
+import type { Kick } from "./broker.ts";
+import type { MessageKey, StoredMessage } from "./store.ts";
 
 /** A registered connection, as the core sees it. */
 export interface Connection {
@@ -14,8 +17,25 @@ export interface Connection {
   readonly clientName: string;
   /** When it registered, ms since the epoch. */
   readonly since: number;
-  /** Sends one text frame; never throws. */
-  send(text: string): void;
+  /**
+   * Sends a live frame; never throws. `stored`: the frame is a copy of a
+   * message stored for this connection's user. While the connection replays
+   * its stored messages, such a copy is left to the replay (it is in the store,
+   * after the replay's cursor) and any other frame waits until the replay ends,
+   * within the connection's budget (`limits.maxBufferedBytes`, else 1013).
+   */
+  deliver(text: string, stored?: MessageKey): void;
+  /** Sends a stored message during the replay. */
+  replay(message: StoredMessage): void;
+  /**
+   * The replay is about to read a page: counts live copies of stored messages
+   * from now on. False when the connection no longer replays (closed).
+   */
+  pageRead(): boolean;
+  /** Whether live copies of stored messages arrived since the last {@link pageRead}. */
+  arrived(): boolean;
+  /** Ends the replay: sends the live frames that waited. */
+  endReplay(): void;
   /** Closes the connection; never throws. */
   close(code: number, reason: string): void;
   /**
@@ -23,43 +43,25 @@ export interface Connection {
    * the cap): true, or false when it closed meanwhile.
    */
   drain(): Promise<boolean>;
-  /** Bytes sent to the connection that its socket has not written yet. */
-  buffered?(): number;
 }
 
-/**
- * A connection replaying its stored messages. Live copies of stored messages
- * are not held: they are in the store, after the replay's cursor, and the
- * replay reads on until no such copy arrived during its last page. Other live
- * frames (own copies, receipts, unstored frames) wait in `buffer`.
- */
-interface Replay {
-  buffer: string[];
-  /** Characters in `buffer`. */
-  bytes: number;
-  /** Live copies of stored messages that arrived since {@link Hub.pageRead}. */
-  arrivals: number;
+/** An open connection, registered or not, as the hub sees it at shutdown. */
+export interface OpenConnection {
+  close(code: number, reason: string): void;
 }
 
-/** Options of {@link Hub}. */
-export interface HubOptions {
-  /**
-   * Most characters of live frames held for a replaying connection, together
-   * with what its socket has not sent yet (`limits.maxBufferedBytes`); past it
-   * the connection is closed with 1013. @default 8388608
-   */
-  maxQueuedBytes?: number;
-}
-
-/** The registered connections of this instance. */
+/** The connections of this instance. */
 export class Hub {
   #users = new Map<string, Map<string, Connection>>();
-  #replays = new Map<number, Replay>();
   #count = 0;
-  #maxQueued: number;
+  #open = new Set<OpenConnection>();
+  /** Waiters of {@link closeAll}. */
+  #drained: (() => void)[] = [];
+  #instance: string;
 
-  constructor(options: HubOptions = {}) {
-    this.#maxQueued = options.maxQueuedBytes ?? 8 * 1024 * 1024;
+  /** `instance`: this instance's id, to recognise a kick's `except`. */
+  constructor(instance: string) {
+    this.#instance = instance;
   }
 
   /** Number of registered connections. */
@@ -72,25 +74,46 @@ export class Hub {
     return this.#users.size;
   }
 
+  /** Number of open connections, registered or not. */
+  get openCount(): number {
+    return this.#open.size;
+  }
+
+  /** A connection opened. */
+  opened(conn: OpenConnection): void {
+    this.#open.add(conn);
+  }
+
+  /** A connection closed. */
+  closed(conn: OpenConnection): void {
+    if (!this.#open.delete(conn)) return;
+    if (this.#open.size === 0) { for (const resolve of this.#drained.splice(0)) resolve(); }
+  }
+
+  /** Closes every open connection; resolves once they have all closed. */
+  closeAll(code: number, reason: string): Promise<void> {
+    for (const conn of this.#open) conn.close(code, reason);
+    if (this.#open.size === 0) return Promise.resolve();
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#drained.push(resolve);
+    return promise;
+  }
+
   /**
-   * Adds a registered connection, in replay mode (see {@link endReplay}).
-   * Returns the connection it replaces (same user and clientName), if any;
-   * the caller closes it.
+   * Adds a registered connection. Returns the connection it replaces (same
+   * user and clientName), if any; the caller closes it.
    */
   add(conn: Connection): Connection | undefined {
     let clients = this.#users.get(conn.userId);
     if (!clients) this.#users.set(conn.userId, clients = new Map());
     const previous = clients.get(conn.clientName);
-    if (previous) this.#replays.delete(previous.id);
-    else this.#count++;
+    if (!previous) this.#count++;
     clients.set(conn.clientName, conn);
-    this.#replays.set(conn.id, { buffer: [], bytes: 0, arrivals: 0 });
     return previous;
   }
 
   /** Removes a connection unless a newer one has replaced it. True when it was there. */
   remove(conn: Connection): boolean {
-    this.#replays.delete(conn.id);
     const clients = this.#users.get(conn.userId);
     if (clients?.get(conn.clientName) !== conn) return false;
     clients.delete(conn.clientName);
@@ -109,69 +132,29 @@ export class Hub {
     return this.#users.has(userId);
   }
 
-  /** Every user with a connection here. */
-  users(): Iterable<string> {
-    return this.#users.keys();
-  }
-
-  /** Every registered connection. */
-  *connections(): Iterable<Connection> {
-    for (const clients of this.#users.values()) yield* clients.values();
-  }
-
   /**
-   * Sends a frame to every connection of `userId` except `exceptId`. `stored`:
-   * the frame is a copy of a message stored for `userId`; a connection still
-   * replaying gets it from its replay, and other frames after the replay.
-   * Returns how many connections were reached.
+   * Sends a frame to every connection of `userId` except `exceptId` (see
+   * {@link Connection.deliver}). Returns how many connections were reached.
    */
-  deliver(userId: string, text: string, exceptId = -1, stored = false): number {
+  deliver(userId: string, text: string, exceptId = -1, stored?: MessageKey): number {
     const clients = this.#users.get(userId);
     if (!clients) return 0;
     let reached = 0;
-    const replaying = this.#replays.size > 0;
     for (const conn of clients.values()) {
       if (conn.id === exceptId) continue;
-      const replay = replaying ? this.#replays.get(conn.id) : undefined;
-      if (!replay) conn.send(text);
-      else if (stored) replay.arrivals++;
-      else this.#hold(conn, replay, text);
+      conn.deliver(text, stored);
       reached++;
     }
     return reached;
   }
 
-  /** Holds a live frame for a replaying connection, within its budget. */
-  #hold(conn: Connection, replay: Replay, text: string): void {
-    replay.buffer.push(text);
-    replay.bytes += text.length;
-    if (replay.bytes + (conn.buffered?.() ?? 0) <= this.#maxQueued) return;
-    this.#replays.delete(conn.id);
-    conn.close(1013, "slow consumer");
-  }
-
-  /**
-   * The replay of `conn` is about to read a page: counts live copies of stored
-   * messages from now on. False when the connection is no longer replaying
-   * (closed or replaced).
-   */
-  pageRead(conn: Connection): boolean {
-    const replay = this.#replays.get(conn.id);
-    if (!replay) return false;
-    replay.arrivals = 0;
-    return true;
-  }
-
-  /** Whether live copies of stored messages reached `conn` since its last {@link pageRead}. */
-  arrived(conn: Connection): boolean {
-    return (this.#replays.get(conn.id)?.arrivals ?? 0) > 0;
-  }
-
-  /** Ends the replay of `conn`: sends the live frames it held back. */
-  endReplay(conn: Connection): void {
-    const replay = this.#replays.get(conn.id);
-    if (!replay) return;
-    this.#replays.delete(conn.id);
-    for (const text of replay.buffer) conn.send(text);
+  /** Closes the connections a kick names on this instance, sparing its `except`. */
+  kick(kick: Kick): void {
+    const spare = kick.except?.instance === this.#instance ? kick.except.conn : -1;
+    for (const conn of [...this.connectionsOf(kick.userId)]) {
+      if (kick.clientName !== undefined && conn.clientName !== kick.clientName) continue;
+      if (conn.id === spare) continue;
+      conn.close(kick.code, kick.reason);
+    }
   }
 }
