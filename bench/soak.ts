@@ -535,6 +535,12 @@ for (const [name, sample] of during) {
     } ms`,
   );
 }
+try {
+  const metrics = await (await fetch(`${server.url}/metrics`)).text();
+  for (const line of metrics.split("\n")) {
+    if (line.startsWith("im_connections_rejected_total")) console.log(`  ${line}`);
+  }
+} catch { /* no metrics */ }
 await server.stop();
 // Item 4: what the store the run left costs at start-up.
 const again = await startServer(config);

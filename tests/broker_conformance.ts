@@ -78,6 +78,8 @@ function connection(userId: string, clientName: string) {
     closes,
     deliver() {},
     replay() {},
+    pageRead: () => true,
+    arrived: () => false,
     endReplay() {},
     close: (code, reason) => closes.push(`${code} ${reason}`),
     drain: () => Promise.resolve(true),

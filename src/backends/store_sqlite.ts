@@ -193,7 +193,7 @@ interface MessageRow {
  *   acceptedAt: Date.now(),
  * };
  * await store.accept(message); // committed: survives a crash of the process
- * (await store.unacknowledged("bob")).length; // 1
+ * (await store.unacknowledged("bob", { limit: 100 })).messages.length; // 1
  * await store.close();
  * await Deno.remove(dir, { recursive: true });
  * ```

@@ -30,7 +30,7 @@ import { parseRecipients } from "../protocol/recipients.ts";
 import type { Connection, Hub } from "./hub.ts";
 import type { DeliveryService } from "./delivery.ts";
 import type { SessionStore } from "./sessions.ts";
-import type { MessageKey, StoredMessage } from "./store.ts";
+import type { StoredMessage } from "./store.ts";
 import { ConnectionRateLimit, type RateLimitOptions } from "./rate_limit.ts";
 import { type Logger, redact } from "../log.ts";
 import { BackendUnavailableError } from "./errors.ts";
@@ -76,6 +76,8 @@ export interface SessionLimits {
   maxConnectionsPerUser?: number;
   /** Frames per connection (token bucket); no limit when absent. */
   rateLimit?: RateLimitOptions;
+  /** `limits.maxPendingBytesPerSender`, for the 400 answer's message. */
+  maxPendingBytesPerSender?: number;
 }
 
 /** What every session shares. */
@@ -87,6 +89,12 @@ export interface SessionDeps {
   logger: Logger;
   events: SessionEvents;
   limits: SessionLimits;
+  /**
+   * Whether a userId exists, when the server knows every user (`auth.users`
+   * without `auth.jwt`); a 2001/3001/3003 to an unknown user then answers 406.
+   * Absent: any name is accepted.
+   */
+  knownUser?(userId: string): boolean;
   /** False once shutdown began: frames are then answered 400. */
   accepting(): boolean;
   /** A new connection id. */
@@ -105,15 +113,17 @@ export interface SocketPort {
   readonly isOpen: boolean;
 }
 
-/** Live frames held back while the connection replays its stored messages. */
+/**
+ * A replay of stored messages in progress: live frames other than copies of
+ * stored messages wait in `held`; copies of stored messages are only counted
+ * (the replay reads them from the store).
+ */
 interface Replay {
-  held: { stored?: MessageKey; text: string }[];
+  held: string[];
   heldBytes: number;
-  /** `sender\0id` of every message the replay sent. */
-  replayed: Set<string>;
+  /** Copies of stored messages that arrived since the replay's last page read. */
+  arrivals: number;
 }
-
-const keyOf = (key: MessageKey) => `${key.sender}\u0000${key.id}`;
 
 /** The 400 answer to a frame whose handling threw: a backend outage says so. */
 function failed(error: unknown): Status {
@@ -125,6 +135,8 @@ const UNREGISTERED_REPLY = sendStatusEncoder("");
 const encoder = new TextEncoder();
 /** Bytes sent between two reads of `bufferedAmount` (a call into the runtime). */
 const CHECK_EVERY = 65536;
+/** Bytes a replay leaves unsent before it waits for the socket to drain. */
+const REPLAY_ROOM = 256 * 1024;
 
 /** Handles the frames of one connection. */
 export class ClientSession {
@@ -135,6 +147,8 @@ export class ClientSession {
   #registerTimer?: ReturnType<typeof setTimeout>;
   /** Frames that arrived while a register was in flight, handled after it. */
   #waiting?: DecodeResult[];
+  /** Characters of the frames in `#waiting` (counted against `maxBufferedBytes`). */
+  #waitingBytes = 0;
   #replay?: Replay;
   #opened = false;
   #closed = false;
@@ -186,8 +200,19 @@ export class ClientSession {
       return;
     }
     if (this.#limiter && !this.#withinRate(decoded)) return;
-    if (this.#waiting) this.#waiting.push(decoded);
+    if (this.#waiting) this.#wait(decoded, text.length);
     else this.#handle(decoded);
+  }
+
+  /** Keeps a frame until the register in flight ends, within the connection's budget. */
+  #wait(decoded: DecodeResult, size: number): void {
+    this.#waiting!.push(decoded);
+    this.#waitingBytes += size;
+    if (this.#waitingBytes + this.#socket.bufferedAmount > this.#deps.limits.maxBufferedBytes) {
+      this.#waiting = [];
+      this.#waitingBytes = 0;
+      this.#refuseConnection("slow_consumer", CloseCode.SLOW_CONSUMER);
+    }
   }
 
   /** Handles one incoming binary frame: refused, the protocol is text only. */
@@ -289,10 +314,17 @@ export class ClientSession {
     return problem ? { code: StatusCode.BODY_ERROR, msg: problem } : undefined;
   }
 
-  /** The checks after a valid `to` (406 for receipts, then 404). */
+  /** The checks after a valid `to` (406 for receipts and unknown users, then 404). */
   #checkRest(message: Message, recipients: string[]): Status | undefined {
     if (message.type === MessageType.RECEIPT && recipients.length !== 1) {
       return { code: StatusCode.TO_ERROR, msg: "A receipt goes to exactly one user" };
+    }
+    const known = this.#deps.knownUser;
+    // A plugin's `to` may name something else (a group): only built-in deliveries are checked.
+    if (known && DELIVERED_TYPES.has(message.type)) {
+      for (const user of recipients) {
+        if (!known(user)) return { code: StatusCode.TO_ERROR, msg: `Unknown recipient: ${user}` };
+      }
     }
     const problem = bodyProblem(message.type, message.body);
     return problem ? { code: StatusCode.BODY_ERROR, msg: problem } : undefined;
@@ -310,8 +342,15 @@ export class ClientSession {
         recipients,
         text: deliveryText(message, raw),
       }, conn).then(
-        ({ duplicate }) =>
-          this.#answer(id, type, StatusCode.SUCCESS, duplicate ? "Already accepted" : undefined),
+        ({ duplicate, overQuota }) =>
+          overQuota
+            ? this.#answer(id, type, StatusCode.FAILED, this.#overQuotaMsg())
+            : this.#answer(
+              id,
+              type,
+              StatusCode.SUCCESS,
+              duplicate ? "Already accepted" : undefined,
+            ),
         (error) => this.#failed(id, type, error),
       );
       return;
@@ -328,6 +367,13 @@ export class ClientSession {
     work.then((status) => {
       if (type !== MessageType.REGISTER) this.#answer(id, type, status.code, status.msg);
     }, (error) => this.#failed(id, type, error));
+  }
+
+  #overQuotaMsg(): string {
+    const max = this.#deps.limits.maxPendingBytesPerSender;
+    return `Too many undelivered messages from ${this.#conn!.userId}: at most ${
+      max ?? "the limit"
+    } bytes may wait for their recipients`;
   }
 
   /** Answers a frame whose handling threw. */
@@ -364,6 +410,7 @@ export class ClientSession {
     }
     const waiting = this.#waiting ?? [];
     this.#waiting = undefined;
+    this.#waitingBytes = 0;
     for (const decoded of waiting) this.#handle(decoded);
     return status;
   }
@@ -389,7 +436,7 @@ export class ClientSession {
     const conn = this.#connection(session.userId, session.clientName);
     this.#conn = conn;
     this.#reply = sendStatusEncoder(conn.userId);
-    this.#replay = { held: [], heldBytes: 0, replayed: new Set() };
+    this.#replay = { held: [], heldBytes: 0, arrivals: 0 };
     clearTimeout(this.#registerTimer);
     await this.#deps.delivery.register(conn, () => {
       this.#answer(message.id, message.type, StatusCode.SUCCESS);
@@ -422,23 +469,30 @@ export class ClientSession {
       deliver: (text, stored) => {
         const replay = this.#replay;
         if (!replay) return this.#send(text);
-        replay.held.push({ stored, text });
+        if (stored) {
+          replay.arrivals++;
+          return;
+        }
+        replay.held.push(text);
         replay.heldBytes += text.length;
         if (replay.heldBytes + this.#socket.bufferedAmount > this.#deps.limits.maxBufferedBytes) {
+          this.#replay = undefined;
           this.#refuseConnection("slow_consumer", CloseCode.SLOW_CONSUMER);
         }
       },
-      replay: (message: StoredMessage) => {
-        this.#replay?.replayed.add(keyOf(message));
-        this.#send(message.text);
+      replay: (message: StoredMessage) => this.#send(message.text),
+      pageRead: () => {
+        const replay = this.#replay;
+        if (!replay || this.#closed) return false;
+        replay.arrivals = 0;
+        return true;
       },
+      arrived: () => (this.#replay?.arrivals ?? 0) > 0,
       endReplay: () => {
         const replay = this.#replay;
         this.#replay = undefined;
         if (!replay) return;
-        for (const { stored, text } of replay.held) {
-          if (!stored || !replay.replayed.has(keyOf(stored))) this.#send(text);
-        }
+        for (const text of replay.held) this.#send(text);
       },
       close: (code, reason) => this.close(code, reason),
       drain: () => this.#drain(),
@@ -460,10 +514,14 @@ export class ClientSession {
     socket.send(text);
   }
 
-  /** Resolves once the socket's buffer is below half the cap: true, or false once closed. */
+  /**
+   * Resolves once the socket's buffer is below {@link REPLAY_ROOM} (or half the
+   * cap, if smaller): true, or false once closed. A replay keeps little in
+   * flight, so 8 replays at once cost a few MiB, not 8 times half the budget.
+   */
   async #drain(): Promise<boolean> {
     const socket = this.#socket;
-    const room = this.#deps.limits.maxBufferedBytes / 2;
+    const room = Math.min(this.#deps.limits.maxBufferedBytes / 2, REPLAY_ROOM);
     while (socket.isOpen && socket.bufferedAmount > room) {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }

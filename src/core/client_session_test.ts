@@ -622,7 +622,11 @@ Deno.test("ClientSession refuses frames during shutdown with 400", async () => {
     const garbage = await u1.send("{nope");
     assertEquals([garbage.id, garbage.code], ["", 400]);
     await settle();
-    assertEquals(await w.store.unacknowledged("u2"), [], "nothing accepted");
+    assertEquals(
+      (await w.store.unacknowledged("u2", { limit: 1000 })).messages,
+      [],
+      "nothing accepted",
+    );
   } finally {
     w.dispose();
   }
@@ -738,17 +742,17 @@ function heldReplayStore(held: string): MemoryStore & { release(): void; reached
   const gate = Promise.withResolvers<void>();
   const reached = Promise.withResolvers<void>();
   const unacknowledged = store.unacknowledged.bind(store);
-  store.unacknowledged = async (userId) => {
-    if (userId !== held) return unacknowledged(userId);
+  store.unacknowledged = async (userId, options) => {
+    if (userId !== held) return unacknowledged(userId, options);
     reached.resolve();
     await gate.promise;
-    return unacknowledged(userId);
+    return unacknowledged(userId, options);
   };
   return Object.assign(store, { release: gate.resolve, reached: reached.promise });
 }
 
 Deno.test("ClientSession replays stored messages before live frames", async (t) => {
-  await t.step("live frames wait; those the replay sent are skipped", async () => {
+  await t.step("live frames wait; stored ones come from the replay's pages", async () => {
     const store = heldReplayStore("u2");
     const w = world({ store });
     try {
@@ -776,6 +780,42 @@ Deno.test("ClientSession replays stored messages before live frames", async (t) 
     }
   });
 
+  await t.step(
+    "a stored copy that arrives after a page was read comes from the next page, once",
+    async () => {
+      const store = new MemoryStore({});
+      const unacknowledged = store.unacknowledged.bind(store);
+      const gate = Promise.withResolvers<void>();
+      const reached = Promise.withResolvers<void>();
+      let reads = 0;
+      // The first page is read, then held back: m2 is accepted after the read.
+      store.unacknowledged = async (userId, options) => {
+        const page = await unacknowledged(userId, options);
+        if (userId === "u2" && reads++ === 0) {
+          reached.resolve();
+          await gate.promise;
+        }
+        return page;
+      };
+      const w = world({ store });
+      try {
+        const u1 = await w.login("u1");
+        await u1.send(text("u1", "u2", "m1"));
+        const { session, socket } = w.open();
+        session.receive(JSON.stringify(register("u2", await w.sessions.issue(u2Web))));
+        await reached.promise;
+        await u1.send(text("u1", "u2", "m2")); // stored after the page was read
+        gate.resolve();
+        await until(() => socket.frames().length === 2, "m1 and m2");
+        await settle();
+        assertEquals(socket.sent.map((s) => JSON.parse(s).id), ["r1", "m1", "m2"]);
+        assertEquals(reads, 2, "the replay read on after the arrival");
+      } finally {
+        w.dispose();
+      }
+    },
+  );
+
   await t.step("held bytes count against maxBufferedBytes: 1013", async () => {
     const store = heldReplayStore("u2");
     const w = world({ store, limits: { maxBufferedBytes: 1000 } });
@@ -785,9 +825,20 @@ Deno.test("ClientSession replays stored messages before live frames", async (t) 
       session.receive(JSON.stringify(register("u2", await w.sessions.issue(u2Web))));
       await store.reached;
       socket.bufferedAmount = 500;
-      await u1.send(text("u1", "u2", "a", "x".repeat(300)));
+      // Frames not stored for u2 are held (stored ones are left to the replay's pages).
+      const live = (id: string) =>
+        w.delivery.send({
+          sender: "u1",
+          id,
+          type: 2001,
+          recipients: ["u2"],
+          text: "x".repeat(300),
+          store: false,
+        });
+      await u1.send(text("u1", "u2", "stored", "x".repeat(300)));
+      await live("a");
       assertEquals(socket.closes, [], "one held frame and 500 buffered bytes: under the cap");
-      await u1.send(text("u1", "u2", "b", "x".repeat(300)));
+      await live("b");
       assertEquals(socket.closes, [{ code: 1013, reason: "slow consumer" }]);
       store.release();
     } finally {

@@ -208,12 +208,13 @@ export class DeliveryService {
       except: this.#origin(conn),
     });
     registered();
+    let ended = false;
     try {
-      await this.#replay(conn);
+      ended = await this.#replay(conn);
     } catch (error) {
       this.#logger.error("Replay of stored messages failed", { user: conn.userId, error });
     } finally {
-      conn.endReplay();
+      if (!ended) conn.endReplay();
     }
   }
 
@@ -221,9 +222,10 @@ export class DeliveryService {
    * Reads the stored messages page by page. Live copies of stored messages are
    * not held for the connection meanwhile (they are in the store, after the
    * cursor): the replay reads on until a page finds no more and none arrived
-   * during it, then ends in the same turn, so no copy arrives unseen.
+   * during it, then ends in the same turn, so no copy arrives unseen. True
+   * when it ended the replay itself.
    */
-  async #replay(conn: Connection): Promise<void> {
+  async #replay(conn: Connection): Promise<boolean> {
     let after: string | undefined;
     let bytes = 0;
     // Paced by the socket: a large backlog must not look like a slow consumer.
@@ -244,13 +246,14 @@ export class DeliveryService {
         const keys = sent === page.messages.length ? page.messages : page.messages.slice(0, sent);
         this.#store.markDelivered(conn.userId, keys).catch(this.#markFailed);
       }
-      if (sent < page.messages.length) return;
+      if (sent < page.messages.length) return false;
       after = page.cursor ?? after;
       if (!page.more && !conn.arrived()) {
         conn.endReplay();
-        return;
+        return true;
       }
     }
+    return false;
   }
 
   /** Delivers a routed frame to this instance's connections. */

@@ -69,6 +69,8 @@ function connection(userId: string, clientName = "web", log: string[] = []): Fak
       conn.replayed.push(message.id);
       log.push(`replay ${message.id}`);
     },
+    pageRead: () => true,
+    arrived: () => false,
     endReplay() {
       log.push("end replay");
     },
@@ -126,7 +128,9 @@ Deno.test("delivery.send() stores, then routes to recipients and the sender's ot
       duplicate: false,
     });
     assertEquals([bob.live, phone.live, web.live], [["alice:m1"], ["alice:m1"], []]);
-    assertEquals((await store.unacknowledged("carol")).map((m) => m.id), ["m1"]);
+    assertEquals((await store.unacknowledged("carol", { limit: 1000 })).messages.map((m) => m.id), [
+      "m1",
+    ]);
     assertEquals(offline, [["carol"]], "carol has no connection");
     assertEquals(broker.published[0].origin, { instance: "i1", conn: web.id });
     assertEquals(broker.published[0].stored, { sender: "alice", id: "m1" });
@@ -140,7 +144,9 @@ Deno.test("delivery.send() stores, then routes to recipients and the sender's ot
     await delivery.send(message("alice", "typing", ["bob"], false), web);
     assertEquals(bob.live.at(-1), "alice:typing");
     assertEquals(broker.published.at(-1)!.stored, undefined);
-    assertEquals((await store.unacknowledged("bob")).map((m) => m.id), ["m1"]);
+    assertEquals((await store.unacknowledged("bob", { limit: 1000 })).messages.map((m) => m.id), [
+      "m1",
+    ]);
   });
   await t.step("a sender among the recipients gets it once per connection", async () => {
     await delivery.send(message("alice", "m2", ["alice", "bob"]), web);
@@ -181,13 +187,15 @@ Deno.test("delivery.receipt() records it and forwards it to the original sender"
       assertEquals(alice.live, ["r1"]);
       assertEquals(bobPhone.live.at(-1), "r1");
       assertEquals(bobWeb.live.includes("r1"), false);
-      assertEquals((await store.unacknowledged("bob")).map((m) => m.id), ["n1"]);
+      assertEquals((await store.unacknowledged("bob", { limit: 1000 })).messages.map((m) => m.id), [
+        "n1",
+      ]);
     },
   );
   await t.step("a receipt for a system message goes to no user", async () => {
     assertEquals(await delivery.receipt("bob", { sender: "SYSTEM", id: "n1" }, "r2", bobWeb), true);
     assertEquals(alice.live.includes("r2"), false);
-    assertEquals(await store.unacknowledged("bob"), []);
+    assertEquals((await store.unacknowledged("bob", { limit: 1000 })).messages, []);
   });
 });
 
@@ -230,7 +238,11 @@ Deno.test("delivery.register() answers first, then replays oldest first, then en
     await delivery.register(bob, () => {});
     assertEquals(bob.replayed.length, 10);
     assert(bob.drains >= 2, `${bob.drains} waits for 100 kB in 32 kB chunks`);
-    assertEquals((await store.unacknowledged("bob")).length, 10, "delivered is not acknowledged");
+    assertEquals(
+      (await store.unacknowledged("bob", { limit: 1000 })).messages.length,
+      10,
+      "delivered is not acknowledged",
+    );
   });
   await t.step(
     "a connection that closes while waiting stops the replay; the rest stay pending",

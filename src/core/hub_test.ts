@@ -26,6 +26,8 @@ function connection(userId: string, clientName: string): FakeConnection {
       conn.delivered.push({ text, stored });
     },
     replay() {},
+    pageRead: () => true,
+    arrived: () => false,
     endReplay() {},
     close(code, reason) {
       conn.closes.push({ code, reason });

@@ -19,6 +19,7 @@ import { requireUser } from "./credentials.ts";
 import { historyPage, parseHistoryQuery } from "./history.ts";
 import type { TokenService } from "../auth/tokens.ts";
 import type { UserDirectory } from "../auth/users.ts";
+import type { LoginGuard } from "../auth/login_guard.ts";
 import type { SessionStore } from "../core/sessions.ts";
 import type { MessageStore } from "../core/store.ts";
 import type { Presence } from "../core/presence.ts";
@@ -39,6 +40,8 @@ export interface ClientRouteDeps {
   /** `Secure` attribute: always, never, or (undefined) when the request came over HTTPS. */
   cookieSecure?: boolean;
   tokenTtlSeconds: number;
+  /** Failure budgets and the bounded password-check queue (`auth.login`). */
+  guard: LoginGuard;
 }
 
 const SAME_SITE = { lax: "Lax", strict: "Strict", none: "None" } as const;
@@ -50,21 +53,33 @@ const Credentials = z.object({
 
 /** Adds the `/app` and `/api` routes. */
 export function addClientRoutes(router: Router, deps: ClientRouteDeps): void {
-  const login = async (request: Request) => {
+  const { guard } = deps;
+  const login = async (request: Request, ip: string) => {
     const parsed = Credentials.safeParse(await readFields(request));
     if (!parsed.success) throw new HttpError(400, "username and password are required");
-    const userId = await deps.users.authenticate(parsed.data.username, parsed.data.password);
-    if (!userId) throw new HttpError(401, "Wrong username or password");
+    const { username, password } = parsed.data;
+    const refusal = guard.check(ip, username);
+    if (refusal) {
+      throw new HttpError(refusal.status, refusal.msg, {
+        "retry-after": String(refusal.retryAfter),
+      });
+    }
+    const userId = await deps.users.authenticate(username, password, (hash) => guard.hashing(hash));
+    if (!userId) {
+      guard.failed(ip, username);
+      throw new HttpError(401, "Wrong username or password");
+    }
+    guard.succeeded(username);
     return userId;
   };
 
-  router.add("POST", "/app/login", async (request) => {
-    const userId = await login(request);
+  router.add("POST", "/app/login", async (request, { ip }) => {
+    const userId = await login(request, ip);
     return json({ data: { token: await deps.tokens.issue(userId), userId } });
   });
 
-  router.add("POST", "/api/login", async (request) => {
-    const userId = await login(request);
+  router.add("POST", "/api/login", async (request, { ip }) => {
+    const userId = await login(request, ip);
     const token = await deps.tokens.issue(userId);
     const secure = deps.cookieSecure ?? (new URL(request.url).protocol === "https:" ||
       request.headers.get("x-forwarded-proto") === "https");

@@ -14,6 +14,7 @@ import { randomId } from "../auth/base64.ts";
 import type { LoadedPlugin } from "../plugins/loader.ts";
 import { PluginRegistry } from "../plugins/registry.ts";
 import { createOps, type Ops } from "../ops/wiring.ts";
+import type { UserDirectory } from "../auth/users.ts";
 
 /** Whether the server still takes new work (false once shutdown began). */
 export interface Gate {
@@ -38,6 +39,7 @@ export async function wireCore(
   logger: Logger,
   backends: Backends,
   loaded: LoadedPlugin[],
+  users?: UserDirectory,
 ): Promise<Core> {
   const instanceId = randomId(6);
   const hub = new Hub(instanceId);
@@ -95,7 +97,10 @@ export async function wireCore(
       maxRecipients: config.limits.maxRecipients,
       maxConnectionsPerUser: config.limits.maxConnectionsPerUser,
       rateLimit: config.limits.rateLimit,
+      maxPendingBytesPerSender: config.limits.maxPendingBytesPerSender,
     },
+    // Only where the server knows every user: no JWTs from another system.
+    knownUser: users && !config.auth.jwt ? (userId) => users.hasUserId(userId) : undefined,
     accepting: () => gate.accepting,
     nextId: () => ++connectionIds,
   };

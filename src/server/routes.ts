@@ -22,6 +22,7 @@ import { websocketRoute } from "../http/websocket_route.ts";
 import { consoleHandler } from "../console/serve.ts";
 import type { TokenService } from "../auth/tokens.ts";
 import type { UserDirectory } from "../auth/users.ts";
+import { LoginGuard } from "../auth/login_guard.ts";
 
 /** Who logs in: the user directory and the token service. */
 export interface Auth {
@@ -76,6 +77,13 @@ export function buildRoutes(
     cookieSameSite: config.auth.cookieSameSite,
     cookieSecure: config.auth.cookieSecure,
     tokenTtlSeconds: config.auth.tokenTtlSeconds,
+    guard: new LoginGuard({
+      maxFailuresPerIp: config.auth.login.maxFailuresPerIp,
+      maxFailuresPerUsername: config.auth.login.maxFailuresPerUsername,
+      windowSeconds: config.auth.login.windowSeconds,
+      maxConcurrentHashes: config.auth.login.maxConcurrentHashes,
+      maxQueuedLogins: config.auth.login.maxQueued,
+    }),
   });
   addServerRoutes(router, {
     delivery: core.delivery,
