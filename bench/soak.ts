@@ -17,8 +17,10 @@
  * - `backlog`: a user with a full inbox (12,000 stored 1 KB messages, over
  *   `storage.maxPerUser`) registers 8 connections at once every 30 s and reads
  *   its replay (never acknowledging, so the inbox stays full);
- * - `stuck`: every 30 s, a socket of that user registers and never reads while
- *   the user's other device sends 30 KB frames (own copies are held for it);
+ * - `stuck`: a second user with a backlog of 1,000 stored 20 KB messages
+ *   registers a socket that never reads, while the user's other device sends
+ *   30 KB frames for 30 s (own copies are held for the replaying socket); then
+ *   20 s of rest, and again;
  * - `recipients`: a user sends frames to 100 made-up names each, all the time;
  * - `login`: 32 concurrent wrong-password logins, all the time, against a user
  *   with a PBKDF2 hash and against unknown names;
@@ -363,14 +365,14 @@ async function stuckAttack(url: string) {
       to: "",
       body: JSON.stringify({ sessionId: sid }),
     }))));
-    // The victim's other device sends for 10 s; its own copies are held for "stuck".
+    // The victim's other device sends for 30 s; its own copies are held for "stuck".
     await round("stuck", async () => {
       let answers = 0;
       const other = await connect(url, "victim2", "laptop", (f) => {
         if (f.type === 9001) answers++;
       });
       const big = "y".repeat(30_000);
-      const until = performance.now() + 10_000;
+      const until = performance.now() + 30_000;
       let n = 0;
       while (running && performance.now() < until) {
         other.send(text("victim2", "sender", `s${Date.now()}-${n++}`, big));

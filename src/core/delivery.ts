@@ -12,6 +12,7 @@ import type { Connection, Hub } from "./hub.ts";
 import type { MessageKey, MessageStore } from "./store.ts";
 import { CloseCode, SYSTEM } from "../protocol/codes.ts";
 import type { Logger } from "../log.ts";
+import { setImmediate } from "node:timers";
 
 /** A message to accept and deliver. */
 export interface Outgoing {
@@ -35,6 +36,11 @@ export interface DeliveryObserver {
    * epoch) is when the message was accepted, absent for replays.
    */
   sent?(count: number, acceptedAt?: number): void;
+}
+
+/** Resolves on the next turn of the event loop, after pending I/O (not clamped like timers). */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /** Stored messages replayed between two waits for the socket to drain. */
@@ -252,6 +258,10 @@ export class DeliveryService {
         conn.endReplay();
         return true;
       }
+      // A socket that drains at once never makes the replay wait: give other
+      // connections' I/O a turn per page, or 8 replays starve them. (Copies
+      // arriving meanwhile are committed before the next read, which finds them.)
+      await nextTurn();
     }
     return false;
   }
