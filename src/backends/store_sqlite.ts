@@ -408,6 +408,8 @@ export class SqliteStore implements MessageStore {
       const { sender, n } = row as { sender: string; n: number };
       this.#pendingBytes.set(sender, n);
     }
+    // Those scans filled the page cache with pages nobody may read again: give them back.
+    db.exec("PRAGMA shrink_memory");
   }
 
   /**
