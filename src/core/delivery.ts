@@ -88,6 +88,8 @@ export class DeliveryService {
   };
   /** Sends and receipts in progress, awaited by {@link idle}. */
   #busy = 0;
+  /** The last page turn handed out: replays read one page per event-loop turn, in turn. */
+  #turns: Promise<void> = Promise.resolve();
   /** Waiters of {@link idle}, woken when `#busy` drops to zero. */
   #idleWaiters: (() => void)[] = [];
 
@@ -224,6 +226,11 @@ export class DeliveryService {
     }
   }
 
+  /** Resolves when a replay may send its next page: after every page queued before it. */
+  #pageTurn(): Promise<void> {
+    return this.#turns = this.#turns.then(nextTurn);
+  }
+
   /**
    * Reads the stored messages page by page. Live copies of stored messages are
    * not held for the connection meanwhile (they are in the store, after the
@@ -235,7 +242,13 @@ export class DeliveryService {
     let after: string | undefined;
     let bytes = 0;
     // Paced by the socket: a large backlog must not look like a slow consumer.
-    while (conn.pageRead()) {
+    while (true) {
+      // A socket that drains at once never makes the replay wait: take turns
+      // with every other replay, one page per event-loop turn, so other
+      // connections' frames wait at most a page. (Copies arriving meanwhile are
+      // committed before the read below, which finds them.)
+      await this.#pageTurn();
+      if (!conn.pageRead()) return false;
       const page = await this.#store.unacknowledged(conn.userId, { after, limit: REPLAY_PAGE });
       let sent = 0;
       for (const message of page.messages) {
@@ -258,12 +271,7 @@ export class DeliveryService {
         conn.endReplay();
         return true;
       }
-      // A socket that drains at once never makes the replay wait: give other
-      // connections' I/O a turn per page, or 8 replays starve them. (Copies
-      // arriving meanwhile are committed before the next read, which finds them.)
-      await nextTurn();
     }
-    return false;
   }
 
   /** Delivers a routed frame to this instance's connections. */
