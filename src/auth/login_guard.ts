@@ -103,10 +103,14 @@ export class LoginGuard {
     this.#now = options.now ?? Date.now;
   }
 
-  /** Why a login from `ip` for `username` is refused before hashing, if it is. */
-  check(ip: string, username: string): LoginRefusal | undefined {
+  /**
+   * Why a login from `ip` for `username` is refused before hashing, if it is.
+   * Without `username` (the body not read yet), only the address is checked.
+   */
+  check(ip: string, username?: string): LoginRefusal | undefined {
     const now = this.#now();
-    const wait = Math.max(this.#byIp.blockedFor(ip, now), this.#byName.blockedFor(username, now));
+    const byName = username === undefined ? 0 : this.#byName.blockedFor(username, now);
+    const wait = Math.max(this.#byIp.blockedFor(ip, now), byName);
     if (wait > 0) {
       return {
         status: 429,

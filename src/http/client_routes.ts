@@ -19,7 +19,7 @@ import { requireUser } from "./credentials.ts";
 import { historyPage, parseHistoryQuery } from "./history.ts";
 import type { TokenService } from "../auth/tokens.ts";
 import type { UserDirectory } from "../auth/users.ts";
-import type { LoginGuard } from "../auth/login_guard.ts";
+import type { LoginGuard, LoginRefusal } from "../auth/login_guard.ts";
 import type { SessionStore } from "../core/sessions.ts";
 import type { MessageStore } from "../core/store.ts";
 import type { Presence } from "../core/presence.ts";
@@ -54,16 +54,17 @@ const Credentials = z.object({
 /** Adds the `/app` and `/api` routes. */
 export function addClientRoutes(router: Router, deps: ClientRouteDeps): void {
   const { guard } = deps;
+  const refuse = (refusal: LoginRefusal | undefined) => {
+    if (!refusal) return;
+    throw new HttpError(refusal.status, refusal.msg, { "retry-after": String(refusal.retryAfter) });
+  };
   const login = async (request: Request, ip: string) => {
+    // An address over its budget costs no body reading.
+    refuse(guard.check(ip));
     const parsed = Credentials.safeParse(await readFields(request));
     if (!parsed.success) throw new HttpError(400, "username and password are required");
     const { username, password } = parsed.data;
-    const refusal = guard.check(ip, username);
-    if (refusal) {
-      throw new HttpError(refusal.status, refusal.msg, {
-        "retry-after": String(refusal.retryAfter),
-      });
-    }
+    refuse(guard.check(ip, username));
     const userId = await deps.users.authenticate(username, password, (hash) => guard.hashing(hash));
     if (!userId) {
       guard.failed(ip, username);
