@@ -775,13 +775,14 @@ export class SqliteStore implements MessageStore {
         return;
       case "ack": {
         const { sender, id } = op.key;
-        const row = this.#ackPending.get(op.userId, sender, id) as { n: number } | undefined;
-        if (row) {
-          delta.addBytes(sender, -row.n);
+        // Most receipts follow a delivery: try that state first.
+        if (this.#ack.run(op.userId, sender, id).changes > 0) {
           delta.pending--;
           return true;
         }
-        if (this.#ack.run(op.userId, sender, id).changes > 0) {
+        const row = this.#ackPending.get(op.userId, sender, id) as { n: number } | undefined;
+        if (row) {
+          delta.addBytes(sender, -row.n);
           delta.pending--;
           return true;
         }
