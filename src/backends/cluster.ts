@@ -33,18 +33,20 @@ export async function openRedisBackends(
   try {
     const storeClient = await open("store");
     await checkDurability(storeClient, log);
+    const presence = new RedisPresence(await open("presence"), {
+      logger: logger.child("presence"),
+    });
     const store = new RedisStore(storeClient, {
       maxPerUser: config.storage.maxPerUser,
       retentionDays: config.storage.retentionDays,
       logger: logger.child("store"),
+      // Presence entries route deliveries: a replay reads the store only once they are written.
+      beforeReplay: (userId) => presence.added(userId),
     });
     const broker = new RedisBroker(await open("publish"), await open("read"), {
       logger: logger.child("broker"),
     });
     const sessions = new RedisSessionStore(await open("sessions"), config.auth.sessionTtlSeconds);
-    const presence = new RedisPresence(await open("presence"), {
-      logger: logger.child("presence"),
-    });
     log.info("Cluster backends on Redis", { url: redactUrl(url) });
     return { store, broker, sessions, presence };
   } catch (error) {

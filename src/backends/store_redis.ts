@@ -112,14 +112,14 @@ end
 return out
 `;
 
-/** ARGV: user, then sender, id of each message. */
+/** ARGV: user, sender, id of each (recipient, message) to mark delivered. */
 const MARK_DELIVERED = `
 local P = ${JSON.stringify(P)}
-local field = 's:' .. ARGV[1]
-for i = 2, #ARGV, 2 do
-  local seq = redis.call('GET', P .. 'k:' .. ARGV[i] .. '\\0' .. ARGV[i + 1])
-  if seq and redis.call('HGET', P .. 'm:' .. seq, field) == 'p' then
-    redis.call('HSET', P .. 'm:' .. seq, field, 'd')
+for i = 1, #ARGV, 3 do
+  local seq = redis.call('GET', P .. 'k:' .. ARGV[i + 1] .. '\\0' .. ARGV[i + 2])
+  if seq then
+    local m, field = P .. 'm:' .. seq, 's:' .. ARGV[i]
+    if redis.call('HGET', m, field) == 'p' then redis.call('HSET', m, field, 'd') end
   end
 end
 return 1
@@ -198,6 +198,9 @@ const SCRIPTS = {
   SWEEP,
 };
 
+/** (recipient, message) marks per MARK_DELIVERED call. */
+const MARKS_PER_CALL = 1000;
+
 const STATES: Record<string, DeliveryState> = {
   p: "pending",
   d: "delivered",
@@ -214,6 +217,12 @@ export interface RedisStoreOptions {
   logger?: Logger;
   /** Messages dropped per script run by {@link RedisStore.sweep}. @default 500 */
   sweepBatch?: number;
+  /**
+   * Awaited before the replay of a user is read: resolves once this
+   * instance's presence entries of the user are written, so that any message
+   * this read misses is published to this instance (see docs/CLUSTER.md).
+   */
+  beforeReplay?: (userId: string) => Promise<void>;
 }
 
 /** Messages and delivery states in Redis, shared by every instance. */
@@ -224,6 +233,10 @@ export class RedisStore implements MessageStore {
   #retentionMs: number;
   #logger?: Logger;
   #sweepBatch: number;
+  #beforeReplay?: (userId: string) => Promise<void>;
+  /** Marks not sent yet: user, sender, id of each. */
+  #marks: string[] = [];
+  #marked?: PromiseWithResolvers<void>;
 
   /** Takes ownership of `client` (closed by {@link close}). */
   constructor(client: RedisClient, options: RedisStoreOptions = {}) {
@@ -232,6 +245,7 @@ export class RedisStore implements MessageStore {
     this.#retentionMs = (options.retentionDays ?? 30) * 86_400_000;
     this.#logger = options.logger;
     this.#sweepBatch = options.sweepBatch ?? 500;
+    this.#beforeReplay = options.beforeReplay;
     const logger = options.logger ?? createLogger({ level: "error" });
     this.#scripts = new RedisScripts(client, "Storage", SCRIPTS, logger);
   }
@@ -264,6 +278,7 @@ export class RedisStore implements MessageStore {
   }
 
   async unacknowledged(userId: string): Promise<StoredMessage[]> {
+    await this.#beforeReplay?.(userId);
     const reply = await this.#eval("UNACKNOWLEDGED", [userId]) as string[][];
     return reply.map(([sender, id, type, text, at]) => ({
       sender,
@@ -274,9 +289,37 @@ export class RedisStore implements MessageStore {
     }));
   }
 
-  async markDelivered(userId: string, keys: MessageKey[]): Promise<void> {
-    if (keys.length === 0) return;
-    await this.#eval("MARK_DELIVERED", [userId, ...keys.flatMap((key) => [key.sender, key.id])]);
+  /**
+   * Marks are batched: those made in one turn of the event loop (e.g. for
+   * every entry of one broker read) go to Redis as one script call after it.
+   * A mark only moves `pending` to `delivered`, so its place among other
+   * calls does not matter.
+   */
+  markDelivered(userId: string, keys: MessageKey[]): Promise<void> {
+    if (keys.length === 0) return Promise.resolve();
+    for (const key of keys) this.#marks.push(userId, key.sender, key.id);
+    if (!this.#marked) {
+      this.#marked = Promise.withResolvers<void>();
+      queueMicrotask(() => this.#flushMarks());
+    }
+    return this.#marked.promise;
+  }
+
+  async #flushMarks(): Promise<void> {
+    const marks = this.#marks;
+    const done = this.#marked!;
+    this.#marks = [];
+    this.#marked = undefined;
+    try {
+      const calls = [];
+      for (let i = 0; i < marks.length; i += MARKS_PER_CALL * 3) {
+        calls.push(this.#eval("MARK_DELIVERED", marks.slice(i, i + MARKS_PER_CALL * 3)));
+      }
+      await Promise.all(calls);
+      done.resolve();
+    } catch (error) {
+      done.reject(error);
+    }
   }
 
   async acknowledge(userId: string, key: MessageKey): Promise<boolean> {

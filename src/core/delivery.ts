@@ -82,6 +82,7 @@ export class DeliveryService {
   /** Subscribes this instance to the broker. */
   start(): Promise<void> {
     return this.#broker.subscribe({
+      instance: this.#instance,
       deliver: (delivery) => this.#deliverHere(delivery),
       kick: (kick) => this.#kickHere(kick),
     });
