@@ -29,6 +29,7 @@ const { values } = parseArgs({
     fsync: { type: "string", default: "always" },
     baseline: { type: "string", default: "yes" },
     pin: { type: "string", default: "yes" },
+    commandstats: { type: "string", default: "no" },
   },
 });
 const SECONDS = Number(values.seconds);
@@ -249,6 +250,9 @@ async function run(count: number, withRedis = true) {
   let stopping = false;
   let received = 0;
   let failed = 0;
+  /** Every frame delivered to a recipient, and sends not answered yet. */
+  let delivered = 0;
+  let unanswered = 0;
   const latencies: number[] = [];
   const sentAt = new Map<string, number>();
   let seq = 0;
@@ -256,6 +260,7 @@ async function run(count: number, withRedis = true) {
   const send = (client: Client, to: string) => {
     const id = `${client.userId}-${++seq}`;
     sentAt.set(id, performance.now());
+    unanswered++;
     client.socket.send(JSON.stringify({
       id,
       type: 2001,
@@ -272,12 +277,14 @@ async function run(count: number, withRedis = true) {
     client.socket.onmessage = (event) => {
       const frame = JSON.parse(event.data);
       if (frame.type === 9001) {
+        unanswered--;
         if (JSON.parse(frame.body).code !== 200) failed++;
         if (!stopping) send(client, to);
         return;
       }
       const start = sentAt.get(frame.id);
       sentAt.delete(frame.id);
+      delivered++;
       if (measuring && start !== undefined) {
         received++;
         latencies.push(performance.now() - start);
@@ -285,14 +292,33 @@ async function run(count: number, withRedis = true) {
     };
     for (let w = 0; w < WINDOW; w++) send(client, to);
   });
+  const start = () => {
+    stopping = false;
+    clients.forEach((client, i) => {
+      for (let w = 0; w < WINDOW; w++) send(client, users[(i + 1) % USERS].userId);
+    });
+  };
+  /** Stops sending and waits until every send is answered and delivered (at most 20 s). */
+  const quiesce = async () => {
+    stopping = true;
+    for (let i = 0; i < 2000 && (unanswered > 0 || sentAt.size > 0); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  };
 
   await new Promise((resolve) => setTimeout(resolve, WARMUP * 1000));
   // Parent pids: under taskset the child is taskset, which execs the program (same pid).
   const pids = [redis?.pid ?? -1, ...instances.map((i) => i.pid), Deno.pid];
   const probe = redis ? createClient({ url: redis.url }) : undefined;
   await probe?.connect();
+  // Redis's unit costs are counted between two quiet points (nothing in flight), so that
+  // every message counted is one Redis fully handled and the other way round.
+  await quiesce();
+  if (probe && values.commandstats === "yes") await probe.sendCommand(["CONFIG", "RESETSTAT"]);
   const redisCpuBefore = probe ? await redisCpu(probe) : NaN;
   const entriesBefore = probe ? await entriesRead(probe, count) : NaN;
+  const deliveredBefore = delivered;
+  start();
   const cpuBefore = pids.map(cpuSeconds);
   const machineBefore = machineJiffies();
   measuring = true;
@@ -300,12 +326,27 @@ async function run(count: number, withRedis = true) {
   await new Promise((resolve) => setTimeout(resolve, SECONDS * 1000));
   measuring = false;
   const elapsed = (performance.now() - started) / 1000;
-  const receivedInWindow = received;
-  const redisCpuUsed = probe ? await redisCpu(probe) - redisCpuBefore : NaN;
-  const entries = probe ? await entriesRead(probe, count) - entriesBefore : NaN;
-  await probe?.close();
   const cpu = pids.map((pid, i) => (cpuSeconds(pid) - cpuBefore[i]) / elapsed);
   const machineAfter = machineJiffies();
+  await quiesce();
+  const counted = delivered - deliveredBefore;
+  const redisCpuUsed = probe ? await redisCpu(probe) - redisCpuBefore : NaN;
+  const entries = probe ? await entriesRead(probe, count) - entriesBefore : NaN;
+  if (probe && values.commandstats === "yes") {
+    // Where Redis's time goes, per delivered message (scripts include the commands they call).
+    const stats = await probe.info("commandstats");
+    for (const line of stats.split("\r\n")) {
+      const match = line.match(/^cmdstat_(\S+):calls=(\d+),usec=(\d+)/);
+      if (!match || match[1].startsWith("info") || match[1] === "xinfo|stream") continue;
+      const [, name, calls, usec] = match;
+      console.log(
+        `  ${name}: ${(Number(calls) / counted).toFixed(2)} calls/msg, ${
+          (Number(usec) / counted).toFixed(1)
+        } us/msg`,
+      );
+    }
+  }
+  await probe?.close();
   const cores = navigator.hardwareConcurrency;
   // Machine-wide busy time in cores (e.g. 1.6 of 2), and the part our processes did not use.
   const machineBusy = (machineAfter.busy - machineBefore.busy) /
@@ -334,8 +375,8 @@ async function run(count: number, withRedis = true) {
     cpuInstances: cpu.slice(1, -1).reduce((a, b) => a + b, 0),
     cpuLoad: cpu[cpu.length - 1],
     others,
-    redisUsPerMessage: redisCpuUsed / receivedInWindow * 1e6,
-    entriesPerMessage: entries / receivedInWindow,
+    redisUsPerMessage: redisCpuUsed / counted * 1e6,
+    entriesPerMessage: entries / counted,
   };
 }
 
