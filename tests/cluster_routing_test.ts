@@ -13,6 +13,7 @@ import { RedisPresence } from "../src/backends/presence_redis.ts";
 import { RedisStore } from "../src/backends/store_redis.ts";
 import { DeliveryService } from "../src/core/delivery.ts";
 import { type Connection, Hub } from "../src/core/hub.ts";
+import type { MessageKey } from "../src/core/store.ts";
 import { createLogger } from "../src/log.ts";
 
 const ignore = SKIP_REASON !== undefined;
@@ -69,16 +70,35 @@ Deno.test({
   },
 });
 
-/** A registered connection of the core, recording what it is sent. */
+/**
+ * A registered connection of the core, recording what it is sent: live frames
+ * wait while it replays and are skipped when the replay sent their message.
+ */
 function recordingConnection(id: number, userId: string): Connection & { texts: string[] } {
   const texts: string[] = [];
+  let waiting: { text: string; stored?: MessageKey }[] | undefined = [];
+  const replayed = new Set<string>();
+  const keyOf = (key: MessageKey) => `${key.sender}\u0000${key.id}`;
   return {
     id,
     userId,
     clientName: "web",
     since: Date.now(),
     texts,
-    send: (text) => texts.push(text),
+    deliver(text, stored) {
+      if (waiting) waiting.push({ text, stored });
+      else texts.push(text);
+    },
+    replay(message) {
+      replayed.add(keyOf(message));
+      texts.push(message.text);
+    },
+    endReplay() {
+      for (const { text, stored } of waiting ?? []) {
+        if (!stored || !replayed.has(keyOf(stored))) texts.push(text);
+      }
+      waiting = undefined;
+    },
     close: () => {},
     drain: () => Promise.resolve(true),
   };
@@ -106,11 +126,11 @@ Deno.test({
     const storeA = new RedisStore(await open("store-a"), { logger });
     const brokerA = new RedisBroker(await open("pub-a"), await open("read-a"), { logger });
     const brokerB = new RedisBroker(await open("pub-b"), await open("read-b"), { logger });
-    const hubB = new Hub();
+    const hubB = new Hub("ib");
     const deliveryA = new DeliveryService({
       store: storeA,
       broker: brokerA,
-      hub: new Hub(),
+      hub: new Hub("ia"),
       instanceId: "ia",
       logger,
     });
