@@ -123,7 +123,8 @@ Deno.test({
       logger,
       beforeReplay: (userId) => presenceB.added(userId),
     });
-    const storeA = new RedisStore(await open("store-a"), { logger });
+    // As the server sets them up: A accepts and publishes in one script.
+    const storeA = new RedisStore(await open("store-a"), { logger, publish: { maxLength: 1000 } });
     const brokerA = new RedisBroker(await open("pub-a"), await open("read-a"), { logger });
     const brokerB = new RedisBroker(await open("pub-b"), await open("read-b"), { logger });
     const hubB = new Hub("ib");

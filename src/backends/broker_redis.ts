@@ -33,6 +33,7 @@
  * @module
  */
 import type { Broker, BrokerHandler, Delivery, Kick } from "../core/broker.ts";
+import type { MessageKey } from "../core/store.ts";
 import type { Logger } from "../log.ts";
 import { PRESENCE_PREFIX } from "./presence_redis.ts";
 import {
@@ -53,6 +54,12 @@ export const BROKER_INSTANCES = `${KEY_PREFIX}broker:instances`;
 
 type Envelope = ["d", Delivery] | ["k", Kick];
 
+/** A stored message's key as read from a stream entry the store routed: with its sequence. */
+export type SequencedKey = MessageKey & { seq?: string };
+
+/** The text of a stream entry carrying `delivery`. */
+export const deliveryEntry = (delivery: Delivery): string => JSON.stringify(["d", delivery]);
+
 const PRELUDE = `
 local PREFIX = ${JSON.stringify(KEY_PREFIX)}
 local INSTANCES = ${JSON.stringify(BROKER_INSTANCES)}
@@ -64,19 +71,23 @@ local function stream(instance) return PREFIX .. '{inst:' .. instance .. '}:deli
 `;
 
 /**
- * ARGV: entry text, max length, origin instance ('' if none), echo user ('' if
- * none), users…. Appends the entry to the stream of every live instance
- * holding a presence entry of a user or of the echo user; the origin's
- * instance is skipped for the echo user when the echo user has only one
- * entry there (the origin connection itself). Returns the number of streams.
+ * Lua: `route(text, max, origin, echo, users, first, seq)` appends the entry
+ * `text` to the stream of every instance (still in `im:broker:instances`)
+ * that holds a presence entry of `users[first..]`, or of the `echo` user
+ * (the sender's other devices; '' for none). The origin's instance is
+ * skipped for the echo user when the echo user has only one entry there: the
+ * origin connection itself. `seq` (or nil) is the stored message's sequence,
+ * carried in the entry so that the delivery mark needs no lookup. Returns
+ * the number of streams appended to. Shared with the store's scripts, which
+ * accept (or acknowledge) and route in one step.
  */
-const PUBLISH = PRELUDE + `
-local U = ${JSON.stringify(PRESENCE_PREFIX + "u:")}
-local text, max, origin, echo = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local targets = {}
-local function holders(user)
+export const ROUTE_LUA = `
+local ROUTE_PREFIX = ${JSON.stringify(KEY_PREFIX)}
+local ROUTE_INSTANCES = ${JSON.stringify(BROKER_INSTANCES)}
+local ROUTE_PRESENCE = ${JSON.stringify(PRESENCE_PREFIX + "u:")}
+local function route_holders(user)
   local counts = {}
-  for _, field in ipairs(redis.call('HKEYS', U .. user)) do
+  for _, field in ipairs(redis.call('HKEYS', ROUTE_PRESENCE .. user)) do
     local cut = string.find(field, '\\0', 1, true)
     if cut then
       local instance = string.sub(field, 1, cut - 1)
@@ -85,27 +96,38 @@ local function holders(user)
   end
   return counts
 end
-local recipient = {}
-for i = 5, #ARGV do
-  recipient[ARGV[i]] = true
-  for instance in pairs(holders(ARGV[i])) do targets[instance] = true end
-end
-if echo ~= '' and not recipient[echo] then
-  for instance, n in pairs(holders(echo)) do
-    if instance ~= origin or n > 1 then targets[instance] = true end
+local function route(text, max, origin, echo, users, first, seq)
+  local targets = {}
+  local recipient = {}
+  for i = first, #users do
+    recipient[users[i]] = true
+    for instance in pairs(route_holders(users[i])) do targets[instance] = true end
   end
-end
-local now = nil
-local sent = 0
-for instance in pairs(targets) do
-  now = now or now_ms()
-  local expiry = redis.call('ZSCORE', INSTANCES, instance)
-  if expiry and tonumber(expiry) > now then
-    redis.call('XADD', stream(instance), 'MAXLEN', '~', max, '*', 'e', text)
-    sent = sent + 1
+  if echo ~= '' and not recipient[echo] then
+    for instance, n in pairs(route_holders(echo)) do
+      if instance ~= origin or n > 1 then targets[instance] = true end
+    end
   end
+  local sent = 0
+  for instance in pairs(targets) do
+    -- Instances that stopped leave the set at the next renewal of any instance.
+    if redis.call('ZSCORE', ROUTE_INSTANCES, instance) then
+      local key = ROUTE_PREFIX .. '{inst:' .. instance .. '}:deliveries'
+      if seq then
+        redis.call('XADD', key, 'MAXLEN', '~', max, '*', 'e', text, 's', seq)
+      else
+        redis.call('XADD', key, 'MAXLEN', '~', max, '*', 'e', text)
+      end
+      sent = sent + 1
+    end
+  end
+  return sent
 end
-return sent
+`;
+
+/** ARGV: entry text, max length, origin instance ('' if none), echo user ('' if none), users…. */
+const PUBLISH = ROUTE_LUA + `
+return route(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV, 5, nil)
 `;
 
 /** ARGV: entry text, max length. Appends to the stream of every live instance. */
@@ -201,7 +223,7 @@ export class RedisBroker implements Broker {
 
   async publish(delivery: Delivery): Promise<void> {
     await this.#scripts.run("PUBLISH", [
-      JSON.stringify(["d", delivery]),
+      deliveryEntry(delivery),
       this.#maxLength,
       delivery.origin?.instance ?? "",
       delivery.echoTo ?? "",
@@ -270,7 +292,7 @@ export class RedisBroker implements Broker {
       for (const [id, fields] of reply?.[0]?.[1] ?? []) {
         this.#last = id;
         this.entriesRead++;
-        this.#receive(fields[1]);
+        this.#receive(fields[1], fields[3]);
       }
     }
   }
@@ -291,13 +313,18 @@ export class RedisBroker implements Broker {
     this.#wake = undefined;
   }
 
-  #receive(text: string | undefined): void {
+  /** Hands an entry to the handler; `seq` is the stored message's, when the store routed it. */
+  #receive(text: string | undefined, seq: string | undefined): void {
     const handler = this.#handler;
     if (!handler || text === undefined) return;
     try {
       const [kind, body] = JSON.parse(text) as Envelope;
-      if (kind === "d") handler.deliver(body as Delivery);
-      else if (kind === "k") handler.kick(body as Kick);
+      if (kind === "d") {
+        const delivery = body as Delivery;
+        // The delivery mark (RedisStore.markDelivered) then finds the message without a lookup.
+        if (seq !== undefined && delivery.stored) (delivery.stored as SequencedKey).seq = seq;
+        handler.deliver(delivery);
+      } else if (kind === "k") handler.kick(body as Kick);
     } catch (error) {
       this.#logger.error("Broker entry failed", { error });
     }

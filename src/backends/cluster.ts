@@ -13,6 +13,9 @@ import { closeRedis, connectRedis, type RedisClient } from "./redis.ts";
 import { RedisSessionStore } from "./sessions_redis.ts";
 import { RedisStore } from "./store_redis.ts";
 
+/** Entries kept in an instance's delivery stream (approximately). */
+const STREAM_LENGTH = 100_000;
+
 /**
  * Opens one connection each for the store, the sessions, presence, and the
  * broker's writer and reader. The store's connection carries every
@@ -42,9 +45,12 @@ export async function openRedisBackends(
       logger: logger.child("store"),
       // Presence entries route deliveries: a replay reads the store only once they are written.
       beforeReplay: (userId) => presence.added(userId),
+      // Accept (or acknowledge) and publish in one script: one round trip per message.
+      publish: { maxLength: STREAM_LENGTH },
     });
     const broker = new RedisBroker(await open("publish"), await open("read"), {
       logger: logger.child("broker"),
+      maxLength: STREAM_LENGTH,
     });
     const sessions = new RedisSessionStore(await open("sessions"), config.auth.sessionTtlSeconds);
     log.info("Cluster backends on Redis", { url: redactUrl(url) });
