@@ -48,6 +48,8 @@ export interface RedisServerOptions {
   aofDir?: string;
   /** Port to use. @default a free one */
   port?: number;
+  /** Start as a replica of the Redis on this port (127.0.0.1). */
+  replicaOf?: number;
 }
 
 /** A running `redis-server` owned by a test. */
@@ -84,6 +86,9 @@ export class RedisServer implements AsyncDisposable {
     } else {
       args.push("--appendonly", "no");
     }
+    if (this.#options.replicaOf !== undefined) {
+      args.push("--replicaof", "127.0.0.1", String(this.#options.replicaOf));
+    }
     this.#child = new Deno.Command(REDIS_SERVER!, {
       args,
       stdin: "null",
@@ -112,6 +117,16 @@ export class RedisServer implements AsyncDisposable {
       await new Promise((resolve) => setTimeout(resolve, 25));
     }
     throw new Error(`redis-server did not answer on port ${this.port}`);
+  }
+
+  /** Stops the process (SIGSTOP) without killing it: it answers nothing until {@link resume}. */
+  pause(): void {
+    this.#child?.kill("SIGSTOP");
+  }
+
+  /** Lets a paused process run again (SIGCONT). */
+  resume(): void {
+    this.#child?.kill("SIGCONT");
   }
 
   /** Kills the process at once (SIGKILL) and waits for it to exit. */

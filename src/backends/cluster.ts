@@ -47,6 +47,10 @@ export async function openRedisBackends(
       beforeReplay: (userId) => presence.added(userId),
       // Accept (or acknowledge) and publish in one script: one round trip per message.
       publish: { maxLength: STREAM_LENGTH },
+      waitReplicas: {
+        replicas: config.cluster.redisWait,
+        timeoutMs: config.cluster.redisWaitTimeoutMs,
+      },
     });
     const broker = new RedisBroker(await open("publish"), await open("read"), {
       logger: logger.child("broker"),

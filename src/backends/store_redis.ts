@@ -38,6 +38,7 @@ import type {
 import type { Delivery } from "../core/broker.ts";
 import type { Logger } from "../log.ts";
 import { deliveryEntry, ROUTE_LUA, type SequencedKey } from "./broker_redis.ts";
+import { BackendUnavailableError } from "../core/errors.ts";
 import { closeRedis, guard, KEY_PREFIX, type RedisClient, RedisScripts } from "./redis.ts";
 import { createLogger } from "../log.ts";
 
@@ -258,6 +259,12 @@ export interface RedisStoreOptions {
    * one round trip per message, and publishes ordered with the store's calls.
    */
   publish?: { maxLength: number };
+  /**
+   * Replicas that must confirm an accept or acknowledge (Redis `WAIT`)
+   * before it resolves; when fewer do within `timeoutMs`, it rejects as
+   * unavailable (the write stays on the primary: a resend is a duplicate).
+   */
+  waitReplicas?: { replicas: number; timeoutMs: number };
 }
 
 /** Messages and delivery states in Redis, shared by every instance. */
@@ -273,6 +280,9 @@ export class RedisStore implements MessageStore {
   #marks: string[] = [];
   #marked?: PromiseWithResolvers<void>;
   #streamLength: string;
+  #wait?: { replicas: number; timeoutMs: number };
+  /** The `WAIT` that covers the writes sent in this turn of the event loop, if one is due. */
+  #waiting?: Promise<void>;
   /** Whether accept and acknowledge publish what they are given (see RedisStoreOptions.publish). */
   readonly publishes: boolean;
 
@@ -286,6 +296,9 @@ export class RedisStore implements MessageStore {
     this.#beforeReplay = options.beforeReplay;
     this.publishes = options.publish !== undefined;
     this.#streamLength = String(options.publish?.maxLength ?? 0);
+    if (options.waitReplicas && options.waitReplicas.replicas > 0) {
+      this.#wait = options.waitReplicas;
+    }
     const logger = options.logger ?? createLogger({ level: "error" });
     this.#scripts = new RedisScripts(client, "Storage", SCRIPTS, logger);
   }
@@ -305,8 +318,36 @@ export class RedisStore implements MessageStore {
     ];
   }
 
+  /**
+   * Resolves once `written` (a script call just sent) has resolved and, with
+   * `waitReplicas`, once enough replicas confirm it. One `WAIT`, sent after
+   * every write of this turn of the event loop on the same connection,
+   * covers them all (Redis answers it once the replicas acknowledge
+   * everything written before it).
+   */
+  async #replicated<T>(written: Promise<T>): Promise<T> {
+    if (!this.#wait) return await written;
+    if (!this.#waiting) {
+      const { replicas, timeoutMs } = this.#wait;
+      const waiting = Promise.resolve().then(async () => {
+        this.#waiting = undefined;
+        const copies = await guard("Storage", () =>
+          this.#client.sendCommand<number>(["WAIT", String(replicas), String(timeoutMs)]));
+        if (copies < replicas) {
+          throw new BackendUnavailableError(
+            `Storage unavailable: copied to ${copies} of ${replicas} Redis replicas in time, try again`,
+          );
+        }
+      });
+      this.#waiting = waiting;
+    }
+    const waited = this.#waiting!;
+    const [result] = await Promise.all([written, waited]);
+    return result;
+  }
+
   async accept(message: NewMessage, delivery?: Delivery): Promise<AcceptResult> {
-    const reply = await this.#eval("ACCEPT", [
+    const reply = await this.#replicated(this.#eval("ACCEPT", [
       message.sender,
       message.id,
       String(message.type),
@@ -316,7 +357,7 @@ export class RedisStore implements MessageStore {
       String(this.#maxPerUser),
       ...this.#routeArgs(delivery),
       ...message.recipients,
-    ]) as (number | string)[];
+    ])) as (number | string)[];
     if (reply[0] === 1) return { duplicate: true };
     for (let i = 1; i < reply.length; i += 3) {
       this.#logger?.warn("Per-user cap reached: dropped an unacknowledged message", {
@@ -377,13 +418,13 @@ export class RedisStore implements MessageStore {
   }
 
   async acknowledge(userId: string, key: MessageKey, delivery?: Delivery): Promise<boolean> {
-    return await this.#eval("ACKNOWLEDGE", [
+    return await this.#replicated(this.#eval("ACKNOWLEDGE", [
       userId,
       key.sender,
       key.id,
       ...this.#routeArgs(delivery),
       ...(this.publishes && delivery ? delivery.users : []),
-    ]) === 1;
+    ])) === 1;
   }
 
   async history(userId: string, peer: string, options: HistoryOptions): Promise<HistoryPage> {
