@@ -8,6 +8,7 @@
  * the backends' cost, less noisy than the full cluster benchmark.
  *
  *   npx -y deno@2.9.6 run -A bench/redis_unit_bench.ts [--messages 30000] [--window 64]
+ *     [--instances 2] [--no-registers]
  *
  * @module
  */
@@ -29,11 +30,15 @@ const { values } = parseArgs({
     users: { type: "string", default: "100" },
     commandstats: { type: "boolean", default: false },
     "print-pid": { type: "boolean", default: false },
+    "no-registers": { type: "boolean", default: false },
+    instances: { type: "string", default: "2" },
   },
 });
 const MESSAGES = Number(values.messages);
 const WINDOW = Number(values.window);
 const USERS = Number(values.users);
+/** Instances reading deliveries: A (the sender's), B (the recipients') and others holding nobody. */
+const INSTANCES = Math.max(2, Number(values.instances));
 const logger = createLogger({ level: "error", write: () => {} });
 
 function freePort(): number {
@@ -95,6 +100,13 @@ const handler = (instance: string, marks: MessageStore): BrokerHandler => ({
 });
 await brokerA.subscribe(handler("ia", storeA));
 await brokerB.subscribe(handler("ib", storeB));
+// Further instances that hold none of the recipients (they only read what reaches them).
+const others: Broker[] = [];
+for (let i = 2; i < INSTANCES; i++) {
+  const broker = new RedisBroker(await open(`pub-${i}`), await open(`read-${i}`), { logger });
+  await broker.subscribe(handler(`i${i}`, storeA));
+  others.push(broker);
+}
 for (let i = 0; i < USERS; i++) {
   await presence.add({ userId: `r${i}`, clientName: "web", since: Date.now(), instance: "ib" });
 }
@@ -159,7 +171,7 @@ const streams = async () => {
     for (const key of keys) {
       const reply = await probe.sendCommand(["XINFO", "STREAM", key]) as unknown[];
       // The old single stream is read by both instances.
-      const readers = key === "im:broker" ? 2 : 1;
+      const readers = key === "im:broker" ? INSTANCES : 1;
       total += Number(reply[reply.indexOf("entries-added") + 1]) * readers;
     }
   }
@@ -179,7 +191,7 @@ const entries = await streams() - entriesBefore;
 console.log(
   `${pin ? "Redis pinned to CPU 0" : "Redis unpinned"}; ${MESSAGES} messages in ${
     seconds.toFixed(1)
-  } s; Redis CPU ${(used / MESSAGES * 1e6).toFixed(1)} us/msg (user ${
+  } s with ${INSTANCES} instances; Redis CPU ${(used / MESSAGES * 1e6).toFixed(1)} us/msg (user ${
     (user / MESSAGES * 1e6).toFixed(1)
   }, sys ${(sys / MESSAGES * 1e6).toFixed(1)}); entries read ${
     (entries / MESSAGES).toFixed(2)
@@ -198,9 +210,56 @@ if (Deno.args.includes("--commandstats")) {
     );
   }
 }
+// Memory per stored message, and the cost of registers (presence add, the kick of the same
+// client elsewhere, the replay read) and of the disconnects that follow.
+const memory = async () => {
+  const info = await probe.info("memory");
+  return Number(info.match(/used_memory:(\d+)/)?.[1]);
+};
+const memoryAfterMessages = await memory();
+console.log(
+  `Redis memory per stored message (1 recipient, not acknowledged, ~100-byte text): ${
+    Math.round(memoryAfterMessages / (next || 1))
+  } bytes (all ${next} messages, including the warm-up)`,
+);
+if (!Deno.args.includes("--no-registers")) {
+  const REGISTERS = 5000;
+  const memoryBefore = await memory();
+  await cpu();
+  const entries = [];
+  for (let i = 0; i < REGISTERS; i += 50) {
+    await Promise.all(Array.from({ length: 50 }, async (_, j) => {
+      const entry = { userId: `c${i + j}`, clientName: "web", since: Date.now(), instance: "ib" };
+      entries.push(entry);
+      await brokerB.kick({
+        userId: entry.userId,
+        clientName: "web",
+        code: 4001,
+        reason: "replaced",
+        except: { instance: "ib", conn: i + j },
+      });
+      await presence.add(entry);
+      await storeB.unacknowledged(entry.userId);
+    }));
+  }
+  const registered = await cpu();
+  const memoryRegistered = await memory();
+  for (const entry of entries) await presence.remove(entry);
+  const removed = await cpu();
+  console.log(
+    `registers: Redis CPU ${
+      ((registered.sys + registered.user) / REGISTERS * 1e6).toFixed(1)
+    } us each (kick to 2 instances, presence add, replay read); ${
+      Math.round((memoryRegistered - memoryBefore) / REGISTERS)
+    } bytes of Redis memory per connected user; disconnects ${
+      ((removed.sys + removed.user) / REGISTERS * 1e6).toFixed(1)
+    } us each`,
+  );
+}
 await probe.close();
 await brokerA.close();
 await brokerB.close();
+for (const broker of others) await broker.close();
 await presence.close();
 await storeA.close();
 await storeB.close();

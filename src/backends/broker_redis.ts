@@ -103,7 +103,9 @@ local function route(text, max, origin, echo, users, first, seq)
     recipient[users[i]] = true
     for instance in pairs(route_holders(users[i])) do targets[instance] = true end
   end
-  if echo ~= '' and not recipient[echo] then
+  -- A sender with one entry has no other device: that entry is the sending connection's.
+  if echo ~= '' and not recipient[echo] and (origin == '' or
+      redis.call('HLEN', ROUTE_PRESENCE .. echo) > 1) then
     for instance, n in pairs(route_holders(echo)) do
       if instance ~= origin or n > 1 then targets[instance] = true end
     end
