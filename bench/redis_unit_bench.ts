@@ -20,6 +20,7 @@ import { RedisPresence } from "../src/backends/presence_redis.ts";
 import { RedisStore } from "../src/backends/store_redis.ts";
 import type { Broker, BrokerHandler, Delivery } from "../src/core/broker.ts";
 import type { MessageStore } from "../src/core/store.ts";
+import type { PresenceEntry } from "../src/core/presence.ts";
 import { createLogger } from "../src/log.ts";
 
 const { values } = parseArgs({
@@ -226,7 +227,7 @@ if (!Deno.args.includes("--no-registers")) {
   const REGISTERS = 5000;
   const memoryBefore = await memory();
   await cpu();
-  const entries = [];
+  const entries: PresenceEntry[] = [];
   for (let i = 0; i < REGISTERS; i += 50) {
     await Promise.all(Array.from({ length: 50 }, async (_, j) => {
       const entry = { userId: `c${i + j}`, clientName: "web", since: Date.now(), instance: "ib" };
