@@ -224,6 +224,34 @@ console.log(
   } bytes (all ${next} messages, including the warm-up)`,
 );
 if (!Deno.args.includes("--no-registers")) {
+  // Receipts: the recipient (on B) acknowledges each message of the measured run; the receipt
+  // frame goes to the sender (on A, which holds nobody here: its presence has no entry).
+  const first = next - MESSAGES;
+  const storeReceipts = storeB as MessageStore & { publishes?: boolean };
+  await cpu();
+  let acked = 0;
+  const lane = async () => {
+    while (acked < MESSAGES) {
+      const n = first + acked++;
+      const key = { sender: `s${n % USERS}`, id: `m${n}` };
+      const receipt: Delivery = {
+        text: JSON.stringify({ id: key.id, type: 9101, from: `r${n % USERS}`, to: key.sender }),
+        users: [key.sender],
+        echoTo: `r${n % USERS}`,
+        origin: { instance: "ib", conn: 1 },
+      };
+      await storeReceipts.acknowledge(`r${n % USERS}`, key, receipt);
+      if (!storeReceipts.publishes) await brokerB.publish(receipt);
+    }
+  };
+  await Promise.all(Array.from({ length: WINDOW }, lane));
+  const receipts = await cpu();
+  console.log(
+    `receipts: Redis CPU ${
+      ((receipts.sys + receipts.user) / MESSAGES * 1e6).toFixed(1)
+    } us each (acknowledge and route the receipt frame)`,
+  );
+
   const REGISTERS = 5000;
   const memoryBefore = await memory();
   await cpu();
