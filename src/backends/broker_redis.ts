@@ -221,6 +221,10 @@ export class RedisBroker implements Broker {
     this.#renewMs = options.renewMs ?? Math.max(1, Math.floor(this.#ttlMs / 3));
     this.#scripts = new RedisScripts(writer, "Broker", SCRIPTS, options.logger);
     reader.on("ready", () => this.#wake?.());
+    // Back after an outage: be a delivery target again at once rather than at the next timer.
+    writer.on("ready", () => {
+      if (this.#timer !== undefined && !this.#closing) this.#renewSoon();
+    });
   }
 
   async publish(delivery: Delivery): Promise<void> {
@@ -246,13 +250,16 @@ export class RedisBroker implements Broker {
     this.#stream = deliveryStream(instance);
     // A target from now on: publishes that see this instance in presence reach its stream.
     await this.#renew();
-    this.#timer = setInterval(() => {
-      this.#renewing ??= this.#renew().catch((error) =>
-        this.#logger.debug("Broker renewal failed", { error })
-      ).finally(() => this.#renewing = undefined);
-    }, this.#renewMs);
+    this.#timer = setInterval(() => this.#renewSoon(), this.#renewMs);
     // The stream is new (instance ids are random per start): read it from its beginning.
     this.#reading = this.#read();
+  }
+
+  /** Renews unless a renewal is in flight. */
+  #renewSoon(): void {
+    this.#renewing ??= this.#renew().catch((error) =>
+      this.#logger.debug("Broker renewal failed", { error })
+    ).finally(() => this.#renewing = undefined);
   }
 
   async #renew(): Promise<void> {
