@@ -245,3 +245,49 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "routing: the stream of an instance that stops or stops renewing is deleted",
+  ignore,
+  async fn() {
+    await using redis = await RedisServer.start();
+    const logger = quietLogger();
+    const open = (name: string) => connectRedis(redis.url, { logger, name });
+    const admin = await open("admin");
+    const handler = (instance: string) => ({ instance, deliver() {}, kick() {} });
+    // A renews every 50 ms with a 200 ms lifetime.
+    const a = new RedisBroker(await open("pub-a"), await open("read-a"), {
+      logger,
+      ttlMs: 200,
+      renewMs: 50,
+    });
+    const b = new RedisBroker(await open("pub-b"), await open("read-b"), { logger });
+    const c = new RedisBroker(await open("pub-c"), await open("read-c"), { logger });
+    try {
+      await a.subscribe(handler("ia"));
+      await b.subscribe(handler("ib"));
+      await c.subscribe(handler("ic"));
+      // A kick reaches every live instance's stream.
+      await a.kick({ userId: "u1", code: 4001, reason: "replaced" });
+      for (const id of ["ia", "ib", "ic"]) {
+        assertEquals(await entriesAdded(admin, deliveryStream(id)), 1, `kick in ${id}'s stream`);
+      }
+      // B and C leave cleanly: their streams go at once.
+      await b.close();
+      await c.close();
+      assertEquals(await admin.exists(deliveryStream("ib")), 0, "a closed instance's stream");
+      // An instance killed without leaving: its entry expired, its stream is still there.
+      await admin.sendCommand(["ZADD", "im:broker:instances", "0", "dead"]);
+      await admin.sendCommand(["XADD", deliveryStream("dead"), "*", "e", "left over"]);
+      await eventually(
+        async () => (await admin.exists(deliveryStream("dead"))) === 0 || undefined,
+        "the expired instance's stream is deleted by another instance's renewal",
+      );
+      await a.kick({ userId: "u1", code: 4001, reason: "replaced" });
+      assertEquals(await admin.exists(deliveryStream("dead")), 0, "no kick goes to it any more");
+    } finally {
+      await a.close();
+      await admin.close();
+    }
+  },
+});
