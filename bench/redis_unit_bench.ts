@@ -8,7 +8,7 @@
  * the backends' cost, less noisy than the full cluster benchmark.
  *
  *   npx -y deno@2.9.6 run -A bench/redis_unit_bench.ts [--messages 30000] [--window 64]
- *     [--instances 2] [--no-registers]
+ *     [--instances 2] [--no-registers] [--max-per-user 10000]
  *
  * @module
  */
@@ -33,6 +33,7 @@ const { values } = parseArgs({
     "print-pid": { type: "boolean", default: false },
     "no-registers": { type: "boolean", default: false },
     instances: { type: "string", default: "2" },
+    "max-per-user": { type: "string", default: "10000" },
   },
 });
 const MESSAGES = Number(values.messages);
@@ -80,8 +81,14 @@ for (let i = 0; i < 200; i++) {
 const open = (name: string) => connectRedis(url, { logger, name });
 const presence = new RedisPresence(await open("presence"), { logger });
 // As cluster.ts sets them up (where the options exist: the benchmark also runs on older code).
-const storeA = new RedisStore(await open("store-a"), { logger, publish: { maxLength: 100000 } });
-const storeB = new RedisStore(await open("store-b"), { logger });
+// A small --max-per-user measures the steady state in which each message drops a recipient's oldest.
+const maxPerUser = Number(values["max-per-user"]);
+const storeA = new RedisStore(await open("store-a"), {
+  logger,
+  maxPerUser,
+  publish: { maxLength: 100000 },
+});
+const storeB = new RedisStore(await open("store-b"), { logger, maxPerUser });
 const brokerA: Broker = new RedisBroker(await open("pub-a"), await open("read-a"), { logger });
 const brokerB: Broker = new RedisBroker(await open("pub-b"), await open("read-b"), { logger });
 let delivered = 0;
@@ -192,11 +199,13 @@ const entries = await streams() - entriesBefore;
 console.log(
   `${pin ? "Redis pinned to CPU 0" : "Redis unpinned"}; ${MESSAGES} messages in ${
     seconds.toFixed(1)
-  } s with ${INSTANCES} instances; Redis CPU ${(used / MESSAGES * 1e6).toFixed(1)} us/msg (user ${
-    (user / MESSAGES * 1e6).toFixed(1)
-  }, sys ${(sys / MESSAGES * 1e6).toFixed(1)}); entries read ${
-    (entries / MESSAGES).toFixed(2)
-  } per msg; Redis ${(used / seconds * 100).toFixed(0)}% of a core`,
+  } s with ${INSTANCES} instances, maxPerUser ${maxPerUser}; Redis CPU ${
+    (used / MESSAGES * 1e6).toFixed(1)
+  } us/msg (user ${(user / MESSAGES * 1e6).toFixed(1)}, sys ${
+    (sys / MESSAGES * 1e6).toFixed(1)
+  }); entries read ${(entries / MESSAGES).toFixed(2)} per msg; Redis ${
+    (used / seconds * 100).toFixed(0)
+  }% of a core`,
 );
 
 if (Deno.args.includes("--commandstats")) {

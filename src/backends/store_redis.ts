@@ -51,23 +51,27 @@ local function pair(a, b)
   if a < b then return a .. '\\0' .. b end
   return b .. '\\0' .. a
 end
-local function forget(user, seq)
+-- Drops a recipient's hold on a message (popped: the caller took it off the head of the
+-- recipient's held list already). Returns the state it had, the sender and the id.
+local function forget(user, seq, popped)
   local m = P .. 'm:' .. seq
-  local state = redis.call('HGET', m, 's:' .. user)
+  local v = redis.call('HMGET', m, 's:' .. user, 'sender', 'id', 'n')
+  local state = v[1]
   if not state then return false end
   if state ~= 'a' then
     redis.call('DECR', P .. 'pending')
     redis.call('ZREM', P .. 'un:' .. user, seq)
   end
-  redis.call('HDEL', m, 's:' .. user)
   -- The oldest first, by the cap or retention: found at the head of the list.
-  redis.call('LREM', P .. 'held:' .. user, 1, seq)
-  local sender = redis.call('HGET', m, 'sender')
-  redis.call('ZREM', P .. 'c:' .. pair(sender, user), seq)
-  if redis.call('HINCRBY', m, 'n', -1) <= 0 then
-    redis.call('DEL', m, P .. 'k:' .. sender .. '\\0' .. redis.call('HGET', m, 'id'))
+  if not popped then redis.call('LREM', P .. 'held:' .. user, 1, seq) end
+  redis.call('ZREM', P .. 'c:' .. pair(v[2], user), seq)
+  if tonumber(v[4]) <= 1 then
+    redis.call('DEL', m, P .. 'k:' .. v[2] .. '\\0' .. v[3])
+  else
+    redis.call('HDEL', m, 's:' .. user)
+    redis.call('HINCRBY', m, 'n', -1)
   end
-  return state
+  return state, v[2], v[3]
 end
 `;
 
@@ -106,11 +110,9 @@ for i = FIRST, #ARGV do
   local count = redis.call('RPUSH', held, seq)
   while count > max do
     count = count - 1
-    local oldest = redis.call('LINDEX', held, 0)
-    local keyOf = redis.call('HMGET', P .. 'm:' .. oldest, 'sender', 'id')
-    local state = forget(user, oldest)
+    local state, from, key = forget(user, redis.call('LPOP', held), true)
     if state and state ~= 'a' then
-      table.insert(out, user); table.insert(out, keyOf[1]); table.insert(out, keyOf[2])
+      table.insert(out, user); table.insert(out, from); table.insert(out, key)
     end
   end
 end
@@ -331,8 +333,10 @@ export class RedisStore implements MessageStore {
       const { replicas, timeoutMs } = this.#wait;
       const waiting = Promise.resolve().then(async () => {
         this.#waiting = undefined;
-        const copies = await guard("Storage", () =>
-          this.#client.sendCommand<number>(["WAIT", String(replicas), String(timeoutMs)]));
+        const copies = await guard(
+          "Storage",
+          () => this.#client.sendCommand<number>(["WAIT", String(replicas), String(timeoutMs)]),
+        );
         if (copies < replicas) {
           throw new BackendUnavailableError(
             `Storage unavailable: copied to ${copies} of ${replicas} Redis replicas in time, try again`,
