@@ -3,9 +3,11 @@
  * A publish looks up, in the shared presence, which instances hold a
  * connection of each recipient (and of the sender, for its other devices),
  * and appends the delivery to those instances' streams only, in one Lua
- * script; each instance reads its own stream (`XREAD BLOCK`) and hands what it
- * reads to its hub. So an instance reads about one entry per frame it
- * delivers, however many instances there are.
+ * script ({@link ROUTE_LUA}; the Redis store runs it inside its accept and
+ * acknowledge scripts, so a stored message is stored and routed in one step).
+ * Each instance reads its own stream (`XREAD BLOCK`) and hands what it reads
+ * to its hub. So an instance reads about one entry per frame it delivers,
+ * however many instances there are.
  *
  * Kicks are rare and must reach a connection whose presence entry may not be
  * written yet (two registers of one client racing on two instances), so they
@@ -19,15 +21,15 @@
  *   resumes after it when its connection comes back.
  * - No loss at a register elsewhere: the presence entry of a new connection is
  *   written before its replay reads the store (`RedisStore` waits for the
- *   presence add in flight), and a stored message is accepted before it is
- *   published; so a publish either sees the new entry (and appends to that
+ *   presence add in flight), and a stored message is stored and routed by one
+ *   script; so that script either sees the new entry (and appends to that
  *   instance's stream) or ran before it, and then before the replay's read,
  *   which finds the message.
  *
  * Each instance renews its own entry in `im:broker:instances` (a sorted set of
- * expiries, Redis clock) from a timer; a publish skips instances whose entry
- * has expired, and the renewal of any instance deletes the streams of those
- * that stopped. Streams are capped (`MAXLEN ~`) and trimmed up to what their
+ * expiries, Redis clock) from a timer; the renewal of any instance removes
+ * the entries and deletes the streams of instances whose expiry passed, and a
+ * publish skips instances without an entry. Streams are capped (`MAXLEN ~`) and trimmed up to what their
  * reader has handled, so a stream holds at most what its reader has not read.
  *
  * @module
@@ -207,8 +209,6 @@ export class RedisBroker implements Broker {
   #closing = false;
   /** Wakes the read loop waiting for its connection to come back. */
   #wake?: () => void;
-  /** Entries read from this instance's stream (for tests and the benchmark). */
-  entriesRead = 0;
 
   /** Takes ownership of both clients (closed by {@link close}). */
   constructor(writer: RedisClient, reader: RedisClient, options: RedisBrokerOptions) {
@@ -300,7 +300,6 @@ export class RedisBroker implements Broker {
       }
       for (const [id, fields] of reply?.[0]?.[1] ?? []) {
         this.#last = id;
-        this.entriesRead++;
         this.#receive(fields[1], fields[3]);
       }
     }

@@ -52,7 +52,10 @@ export interface Kick {
 
 /** What an instance does with what the broker carries. */
 export interface BrokerHandler {
-  /** This instance's id, as in {@link Origin} and presence entries (a routing broker reads its own queue). */
+  /**
+   * This instance's id, as in {@link Origin} and presence entries (a broker
+   * that routes reads the queue of this id).
+   */
   instance: string;
   deliver(delivery: Delivery): void;
   kick(kick: Kick): void;
