@@ -13,6 +13,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import process from "node:process";
 import { createClient } from "redis";
 import { connectRedis } from "../src/backends/redis.ts";
 import { RedisBroker } from "../src/backends/broker_redis.ts";
@@ -190,11 +191,13 @@ await run(Math.min(5000, MESSAGES));
 await probe.sendCommand(["CONFIG", "RESETSTAT"]);
 const entriesBefore = await streams();
 await cpu();
+const ownBefore = process.cpuUsage();
 const started = performance.now();
 await run(MESSAGES);
 const seconds = (performance.now() - started) / 1000;
 const { sys, user } = await cpu();
 const used = sys + user;
+const own = process.cpuUsage(ownBefore);
 const entries = await streams() - entriesBefore;
 console.log(
   `${pin ? "Redis pinned to CPU 0" : "Redis unpinned"}; ${MESSAGES} messages in ${
@@ -205,7 +208,9 @@ console.log(
     (sys / MESSAGES * 1e6).toFixed(1)
   }); entries read ${(entries / MESSAGES).toFixed(2)} per msg; Redis ${
     (used / seconds * 100).toFixed(0)
-  }% of a core`,
+  }% of a core; this process (the backends of every instance) ${
+    ((own.user + own.system) / MESSAGES).toFixed(1)
+  } us/msg`,
 );
 
 if (Deno.args.includes("--commandstats")) {
