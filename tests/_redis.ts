@@ -58,6 +58,8 @@ export class RedisServer implements AsyncDisposable {
   readonly url: string;
   #options: RedisServerOptions;
   #child?: Deno.ChildProcess;
+  /** The working directory of a server without an AOF directory (replication's RDB files). */
+  #scratch?: string;
 
   private constructor(port: number, options: RedisServerOptions) {
     this.port = port;
@@ -84,7 +86,9 @@ export class RedisServer implements AsyncDisposable {
     if (this.#options.aofDir) {
       args.push("--appendonly", "yes", "--appendfsync", "always", "--dir", this.#options.aofDir);
     } else {
-      args.push("--appendonly", "no");
+      // Replication writes an RDB file even without persistence: keep it out of the repository.
+      this.#scratch ??= Deno.makeTempDirSync({ prefix: "im-redis-" });
+      args.push("--appendonly", "no", "--dir", this.#scratch);
     }
     if (this.#options.replicaOf !== undefined) {
       args.push("--replicaof", "127.0.0.1", String(this.#options.replicaOf));
@@ -136,6 +140,10 @@ export class RedisServer implements AsyncDisposable {
     this.#child = undefined;
     child.kill("SIGKILL");
     await child.status;
+    if (this.#scratch) {
+      await Deno.remove(this.#scratch, { recursive: true }).catch(() => {});
+      this.#scratch = undefined;
+    }
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
