@@ -1,0 +1,465 @@
+/**
+ * A plugin in its own host process (`host.ts`), started with only the
+ * permissions its config grants and a heap limit. A loop, an out-of-memory or
+ * a crash costs that plugin only: its frames answer 400 within
+ * `plugins.timeoutMs`, the process is killed if it stops answering, and it is
+ * started again with backoff (its `init` runs again).
+ *
+ * @module
+ */
+import { StatusCode, statusName } from "../protocol/codes.ts";
+import type { Message } from "../protocol/frame.ts";
+import type { Connection } from "../core/hub.ts";
+import type { Status } from "../core/session.ts";
+import type { Logger } from "../log.ts";
+import { Channel, messages } from "./ipc.ts";
+import { PluginError } from "./loader.ts";
+import type { HostMessage, ServerMessage } from "./host_messages.ts";
+import type { ClientInfo, PluginSend, SendResult } from "./types.ts";
+import type { PluginObserver, PluginUnit } from "./unit.ts";
+
+/** How to start a plugin's host process. */
+export interface ProcessPluginOptions {
+  /** The plugin's file name (for messages). */
+  file: string;
+  /** Its URL. */
+  url: string;
+  /** The deno executable. */
+  denoPath: string;
+  /** `--allow-*` flags and the like, from its permissions. */
+  flags: string[];
+  /** Heap limit of the host process, in MiB. */
+  maxHeapMb: number;
+  timeoutMs: number;
+  logger: Logger;
+  observer?: PluginObserver;
+  /** Sends a frame for the plugin; `sender` absent means as the system. */
+  send(frame: PluginSend, sender: Connection | undefined): Promise<SendResult>;
+  isOnline(userId: string): Promise<boolean>;
+  /** Milliseconds before the first restart; doubles up to {@link maxBackoffMs}. @default 200 */
+  backoffMs?: number;
+  /** @default 30000 */
+  maxBackoffMs?: number;
+}
+
+const HOST = new URL("./host.ts", import.meta.url);
+const DENO_JSON = new URL("../../deno.json", import.meta.url);
+
+interface Call {
+  resolve(status: Status): void;
+  sender: Connection;
+  message: Message;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/** A started host process. */
+class Host {
+  readonly process: Deno.ChildProcess;
+  readonly channel: Channel;
+  readonly exited: Promise<Deno.CommandStatus>;
+  stderr = "";
+  #waiters: ((message: HostMessage) => boolean)[] = [];
+  #onMessage: (message: HostMessage) => void;
+  readonly drained: Promise<void>;
+
+  constructor(options: ProcessPluginOptions, onMessage: (message: HostMessage) => void) {
+    this.#onMessage = onMessage;
+    this.process = new Deno.Command(options.denoPath, {
+      args: [
+        "run",
+        "--quiet",
+        "--no-prompt",
+        `--config=${DENO_JSON.pathname}`,
+        `--v8-flags=--max-old-space-size=${options.maxHeapMb}`,
+        ...options.flags,
+        HOST.pathname,
+        options.url,
+        options.file,
+      ],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    this.channel = new Channel(this.process.stdin);
+    this.exited = this.process.status;
+    const read = (async () => {
+      try {
+        for await (const message of messages(this.process.stdout)) {
+          const host = message as HostMessage;
+          const waiter = this.#waiters.findIndex((accepts) => accepts(host));
+          if (waiter >= 0) this.#waiters.splice(waiter, 1);
+          else this.#onMessage(host);
+        }
+      } catch {
+        // The process died mid-message.
+      }
+    })();
+    const errors = (async () => {
+      const logger = options.logger;
+      try {
+        for await (const text of this.process.stderr.pipeThrough(new TextDecoderStream())) {
+          this.stderr = (this.stderr + text).slice(-4096);
+          for (const line of text.split("\n")) if (line.trim()) logger.warn("Output", { line });
+        }
+      } catch {
+        // The process was killed mid-read.
+      }
+    })();
+    this.drained = Promise.all([read, errors]).then(() => {});
+  }
+
+  /** The next message that `accepts` takes, or undefined if the process exits first. */
+  next<T extends HostMessage>(accepts: (message: HostMessage) => message is T): Promise<T | undefined> {
+    const got = Promise.withResolvers<T | undefined>();
+    this.#waiters.push((message) => {
+      if (!accepts(message)) return false;
+      got.resolve(message);
+      return true;
+    });
+    this.exited.then(() => got.resolve(undefined));
+    return got.promise;
+  }
+
+  post(message: ServerMessage) {
+    this.channel.post(message);
+  }
+
+  kill() {
+    try {
+      this.process.kill("SIGKILL");
+    } catch {
+      // Already gone.
+    }
+  }
+
+  /** Kills it and waits until its pipes are closed. */
+  async stop() {
+    this.kill();
+    this.channel.close();
+    await this.exited;
+    await this.drained;
+  }
+
+  /** Why it exited, for the 400 and the log. */
+  reason(status: Deno.CommandStatus): string {
+    if (/heap limit|out of memory/i.test(this.stderr)) return "out of memory";
+    const uncaught = this.stderr.match(/error: Uncaught[^\n]*/);
+    if (uncaught) return uncaught[0].replace(/\x1b\[[0-9;]*m/g, "").slice(0, 200);
+    return status.signal ? `killed by ${status.signal}` : `exit code ${status.code}`;
+  }
+}
+
+/** Starts a plugin's host process and reads what the plugin declares. */
+export async function loadProcessPlugin(options: ProcessPluginOptions): Promise<ProcessPlugin> {
+  const plugin = new ProcessPlugin(options);
+  await plugin.load();
+  return plugin;
+}
+
+/** A plugin running in a host process; restarts it when it dies. */
+export class ProcessPlugin implements PluginUnit {
+  readonly file: string;
+  name = "";
+  types: readonly number[] = [];
+  ephemeral: ReadonlySet<number> = new Set();
+  #hooks = new Set<string>();
+  #options: ProcessPluginOptions;
+  #host?: Host;
+  #state: "loading" | "ready" | "restarting" | "closed" = "loading";
+  #config: unknown;
+  #calls = new Map<number, Call>();
+  #ids = 0;
+  #failures = 0;
+  #restartTimer?: ReturnType<typeof setTimeout>;
+  #probe?: ReturnType<typeof setTimeout>;
+  #startedAt = 0;
+  #idle?: PromiseWithResolvers<void>;
+
+  constructor(options: ProcessPluginOptions) {
+    this.file = options.file;
+    this.#options = options;
+  }
+
+  /** Whether the host process is up and initialized. */
+  get ready(): boolean {
+    return this.#state === "ready";
+  }
+
+  /** Starts the host; resolves once the plugin file is imported and valid. */
+  async load(): Promise<void> {
+    const host = this.#spawn();
+    const first = await host.next((m): m is HostMessage & { t: "loaded" | "failed" } =>
+      m.t === "loaded" || m.t === "failed"
+    );
+    if (!first || first.t === "failed") {
+      const status = await host.exited.then((s) => s, () => undefined);
+      await host.stop();
+      this.#host = undefined;
+      throw new PluginError(
+        first?.t === "failed"
+          ? first.error
+          : `Cannot load plugin "${this.file}": host exited: ${status ? host.reason(status) : ""}`,
+      );
+    }
+    this.name = first.name;
+    this.types = first.types;
+    this.ephemeral = new Set(first.ephemeral);
+    this.#hooks = new Set(first.hooks);
+  }
+
+  /** Runs `init` with the plugin's config section. */
+  async init(config: unknown): Promise<void> {
+    this.#config = config;
+    const host = this.#host;
+    if (!host) throw new PluginError(`Plugin "${this.file}" is not loaded`);
+    await this.#init(host);
+  }
+
+  async #init(host: Host): Promise<void> {
+    host.post({ t: "init", config: this.#config });
+    const answer = await host.next((m): m is HostMessage & { t: "ready" | "initFailed" } =>
+      m.t === "ready" || m.t === "initFailed"
+    );
+    if (answer?.t === "ready") {
+      this.#state = "ready";
+      this.#startedAt = Date.now();
+      return;
+    }
+    if (answer?.t === "initFailed" && answer.path) {
+      const path = ["plugins", "config", this.name, ...answer.path].join(".");
+      throw new PluginError(`Invalid config for plugin "${this.file}": ${path}: ${answer.error}`);
+    }
+    const reason = answer ? answer.error : host.reason(await host.exited);
+    throw new PluginError(`Plugin "${this.file}" failed in init: ${reason}`);
+  }
+
+  #spawn(): Host {
+    const host = new Host(this.#options, (message) => this.#message(host, message));
+    this.#host = host;
+    host.exited.then((status) => this.#exited(host, status));
+    return host;
+  }
+
+  handle(message: Message, sender: Connection): Promise<Status> {
+    const host = this.#host;
+    if (this.#state !== "ready" || !host) {
+      return Promise.resolve({
+        code: StatusCode.FAILED,
+        msg: `Plugin "${this.name}" is restarting`,
+      });
+    }
+    const id = ++this.#ids;
+    const { promise, resolve } = Promise.withResolvers<Status>();
+    const timer = setTimeout(() => this.#timedOut(host, id), this.#options.timeoutMs);
+    this.#calls.set(id, { resolve, sender, message, timer });
+    host.post({
+      t: "call",
+      id,
+      message,
+      sender: { userId: sender.userId, clientName: sender.clientName },
+    });
+    return promise;
+  }
+
+  #settle(id: number, status: Status) {
+    const call = this.#calls.get(id);
+    if (!call) return;
+    this.#calls.delete(id);
+    clearTimeout(call.timer);
+    call.resolve(status);
+    if (this.#calls.size === 0) this.#idle?.resolve();
+  }
+
+  #timedOut(host: Host, id: number) {
+    const call = this.#calls.get(id);
+    if (!call) return;
+    const { logger, observer, timeoutMs } = this.#options;
+    observer?.timeout?.(this.name);
+    logger.warn("Handler timed out", { id: call.message.id, type: call.message.type, timeoutMs });
+    this.#settle(id, { code: StatusCode.FAILED, msg: `Plugin "${this.name}" timed out` });
+    host.post({ t: "abort", id });
+    // A host that does not answer a ping either is stuck (a loop): kill it; it restarts.
+    if (this.#probe !== undefined) return;
+    host.post({ t: "ping" });
+    this.#probe = setTimeout(() => {
+      this.#probe = undefined;
+      if (this.#host !== host) return;
+      logger.error("Plugin host does not answer: killing it", { timeoutMs });
+      host.kill();
+    }, Math.min(timeoutMs, 2000));
+  }
+
+  #message(host: Host, message: HostMessage) {
+    const { logger, observer } = this.#options;
+    switch (message.t) {
+      case "result": {
+        const call = this.#calls.get(message.id);
+        if (!call) return;
+        if (message.error) {
+          observer?.error?.(this.name);
+          const error = Object.assign(new Error(message.error.message), {
+            stack: message.error.stack,
+          });
+          logger.error("Handler threw", { id: call.message.id, type: call.message.type, error });
+          this.#settle(message.id, {
+            code: StatusCode.FAILED,
+            msg: message.error.message || "Plugin failed",
+          });
+          return;
+        }
+        const result = message.result;
+        if (result === undefined || result === null) {
+          this.#settle(message.id, { code: StatusCode.SUCCESS });
+        } else if (typeof result !== "object" || !statusName(result.code)) {
+          observer?.error?.(this.name);
+          const msg = `handle() returned ${JSON.stringify(result)}, not a status`;
+          logger.error("Handler threw", { id: call.message.id, error: msg });
+          this.#settle(message.id, { code: StatusCode.FAILED, msg });
+        } else {
+          this.#settle(message.id, { code: result.code, msg: result.msg });
+        }
+        return;
+      }
+      case "send": {
+        const sender = message.call === undefined
+          ? undefined
+          : this.#calls.get(message.call)?.sender;
+        if (message.call !== undefined && !sender) {
+          host.post({ t: "reply", rid: message.rid, error: "The frame's handling has ended" });
+          return;
+        }
+        this.#options.send(message.frame, sender).then(
+          (value) => host.post({ t: "reply", rid: message.rid, value }),
+          (error) =>
+            host.post({
+              t: "reply",
+              rid: message.rid,
+              error: error instanceof Error ? error.message : String(error),
+            }),
+        );
+        return;
+      }
+      case "isOnline":
+        this.#options.isOnline(message.userId).then(
+          (value) => host.post({ t: "reply", rid: message.rid, value }),
+          (error) => host.post({ t: "reply", rid: message.rid, error: String(error) }),
+        );
+        return;
+      case "log": {
+        const fields = message.fields ? revive(message.fields) : undefined;
+        logger[message.level](message.msg, fields);
+        return;
+      }
+      case "hookError":
+        observer?.error?.(this.name);
+        logger.error(`${message.name}() threw`, { error: revive({ e: message.error }).e });
+        return;
+      case "pong":
+        clearTimeout(this.#probe);
+        this.#probe = undefined;
+        return;
+    }
+  }
+
+  #exited(host: Host, status: Deno.CommandStatus) {
+    if (this.#host !== host || this.#state === "closed" || this.#state === "loading") return;
+    clearTimeout(this.#probe);
+    this.#probe = undefined;
+    const { logger, observer } = this.#options;
+    const reason = host.reason(status);
+    observer?.crash?.(this.name);
+    logger.error("Plugin host exited: restarting it", {
+      reason,
+      code: status.code,
+      stderr: host.stderr.replace(/\x1b\[[0-9;]*m/g, "").slice(-1000),
+    });
+    for (const id of [...this.#calls.keys()]) {
+      this.#settle(id, { code: StatusCode.FAILED, msg: `Plugin "${this.name}" crashed: ${reason}` });
+    }
+    host.stop();
+    this.#restart();
+  }
+
+  #restart() {
+    this.#state = "restarting";
+    this.#host = undefined;
+    if (Date.now() - this.#startedAt > 60_000) this.#failures = 0;
+    const base = this.#options.backoffMs ?? 200;
+    const delay = Math.min(base * 2 ** this.#failures, this.#options.maxBackoffMs ?? 30_000);
+    this.#failures++;
+    this.#restartTimer = setTimeout(async () => {
+      this.#restartTimer = undefined;
+      if (this.#state === "closed") return;
+      const host = this.#spawn();
+      const loaded = await host.next((m): m is HostMessage & { t: "loaded" | "failed" } =>
+        m.t === "loaded" || m.t === "failed"
+      );
+      if (this.#state === "closed") return;
+      try {
+        if (loaded?.t !== "loaded") throw new Error(loaded?.error ?? "host exited");
+        if (loaded.name !== this.name || String(loaded.types) !== String(this.types)) {
+          throw new Error("its name or types changed: reload it instead");
+        }
+        await this.#init(host);
+        this.#options.observer?.restart?.(this.name);
+        this.#options.logger.info("Plugin restarted", { attempt: this.#failures });
+      } catch (error) {
+        this.#options.logger.error("Plugin restart failed", {
+          error: error instanceof Error ? error.message : String(error),
+        });
+        if (this.#host === host) {
+          this.#state = "loading"; // so its exit does not count as another crash
+          await host.stop();
+          this.#restart();
+        }
+      }
+    }, delay);
+  }
+
+  hook(name: "onRegister" | "onDisconnect", client: ClientInfo): void {
+    if (!this.#hooks.has(name) || this.#state !== "ready") return;
+    this.#host?.post({ t: "hook", name, client });
+  }
+
+  /** Waits for the frames in flight (at most `timeoutMs`), runs `close()`, ends the process. */
+  async close(): Promise<void> {
+    if (this.#calls.size > 0) {
+      this.#idle = Promise.withResolvers();
+      await this.#idle.promise;
+    }
+    const wasReady = this.#state === "ready";
+    this.#state = "closed";
+    clearTimeout(this.#restartTimer);
+    clearTimeout(this.#probe);
+    const host = this.#host;
+    if (!host) return;
+    if (wasReady) {
+      host.post({ t: "close" });
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        host.next((m): m is HostMessage & { t: "closed" } => m.t === "closed"),
+        new Promise((resolve) => timer = setTimeout(resolve, 2000)),
+      ]);
+      clearTimeout(timer);
+    }
+    await host.stop();
+  }
+}
+
+/** Turns `{ error: { message, stack } }` fields back into errors for the log. */
+function revive(fields: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(fields)) {
+    const info = (value as { error?: { message?: unknown; stack?: unknown } } | null)?.error;
+    if (key !== "" && info && typeof info.message === "string") {
+      out[key] = Object.assign(new Error(info.message), { stack: info.stack });
+    } else if (value && typeof value === "object" && "message" in value && "stack" in value) {
+      out[key] = Object.assign(new Error(String((value as Error).message)), {
+        stack: (value as Error).stack,
+      });
+    } else {
+      out[key] = value;
+    }
+  }
+  return out;
+}
