@@ -9,7 +9,8 @@
  *
  * Environment: `IM_CONFIG` (config path), `IM_HOST` and `IM_PORT` (override
  * `websocket.url` and `websocket.port`), `IM_API_KEYS` (`name1:key1,name2:key2`,
- * added to `server.apiKeys`).
+ * added to `server.apiKeys`), `LOG_TOKENS` and `LOG_STREAM` (read by the YAML
+ * parser: debug output). `--help` lists them.
  *
  * SIGINT or SIGTERM stops the server gracefully and exits 0; when that takes
  * longer than `server.shutdownSeconds`, it exits 1. A second signal exits 1 at once.
@@ -22,10 +23,22 @@ import { createServer } from "./src/server.ts";
 import { hashPassword } from "./src/auth/password.ts";
 import { createLogger } from "./src/log.ts";
 import { ApiKeySchema } from "./src/config/schema.ts";
+import { zodMessage } from "./src/util/zod_message.ts";
+import { Deadline } from "./src/util/deadline.ts";
 
 const USAGE = `Usage:
   main.ts [--config FILE]        start the server (default ./config.yaml, or $IM_CONFIG)
-  main.ts hash-password [PASS]   print a password hash (reads stdin when PASS is absent)`;
+  main.ts hash-password [PASS]   print a password hash (reads stdin when PASS is absent)
+
+Environment:
+  IM_CONFIG     config file when --config is absent (default ./config.yaml)
+  IM_PORT       port to listen on, instead of websocket.port (0 picks a free one)
+  IM_HOST       address to bind, instead of websocket.url
+  IM_API_KEYS   API keys added to server.apiKeys: name1:key1,name2:key2
+  LOG_TOKENS, LOG_STREAM
+                debug output of the YAML parser while it reads the config file
+
+Every config key and its default: docs/CONFIG.md`;
 
 async function readPassword(): Promise<string> {
   if (Deno.stdin.isTerminal()) {
@@ -53,8 +66,7 @@ export function parseApiKeys(text: string): { name: string; key: string }[] | st
     const name = colon < 0 ? "" : entry.slice(0, colon).trim();
     const parsed = ApiKeySchema.safeParse({ name, key: entry.slice(colon + 1).trim() });
     if (colon < 0 || !parsed.success) {
-      const why = colon < 0 ? "expected name:key" : parsed.error!.issues
-        .map((issue) => `${issue.path.join(".")} ${issue.message}`).join(", ");
+      const why = colon < 0 ? "expected name:key" : zodMessage(parsed.error!);
       return `Invalid IM_API_KEYS entry ${index + 1}${name ? ` ("${name}")` : ""}: ${why}`;
     }
     keys.push(parsed.data);
@@ -121,6 +133,16 @@ async function main(args: string[]): Promise<number> {
   try {
     server = await createServer(config, { logger });
   } catch (error) {
+    if (error instanceof Deno.errors.AddrInUse) {
+      const { url, port } = config.websocket;
+      console.error(
+        `Cannot start: port ${port} on ${url} is already in use (another server, or a ` +
+          `'deno task start' still running?): stop it, or choose another port with ` +
+          `IM_PORT=${port === 65535 ? 8082 : port + 1} or websocket.port in the config file ` +
+          `(${path}, another one with --config FILE or IM_CONFIG)`,
+      );
+      return 1;
+    }
     console.error(`Cannot start: ${error instanceof Error ? error.message : error}`);
     return 1;
   }
@@ -136,11 +158,13 @@ async function main(args: string[]): Promise<number> {
     stopping = true;
     const seconds = config.server.shutdownSeconds;
     logger.info("Shutting down", { signal, withinSeconds: seconds });
+    // One deadline for the server's stages and for this process.
+    const deadline = new Deadline(seconds * 1000);
     const timer = setTimeout(() => {
       logger.error(`Shutdown took longer than ${seconds} s (server.shutdownSeconds): forcing exit`);
       stopped.resolve(1);
-    }, seconds * 1000);
-    server.close().then(() => {
+    }, deadline.remaining());
+    server.close(deadline).then(() => {
       clearTimeout(timer);
       logger.info("Stopped");
       stopped.resolve(0);
