@@ -10,7 +10,7 @@
 // Loaded before the plugin so that its `@im/server` import needs no read permission.
 import "../../mod.ts";
 import { Channel, messages } from "./ipc.ts";
-import { validatePlugin } from "./loader.ts";
+import { describeImportError, PluginError, validatePlugin } from "./loader.ts";
 import type { ClientInfo, Plugin, PluginBaseContext, PluginSend } from "./types.ts";
 import type { HostMessage, ServerMessage } from "./host_messages.ts";
 import type { Logger } from "../log.ts";
@@ -59,10 +59,13 @@ const logger: Logger = {
   child: () => logger,
 };
 
+const state = new Map<string, unknown>();
+
 function context(config: unknown, call?: number): PluginBaseContext<unknown> {
   return {
     config,
     logger,
+    state,
     async send(frame: PluginSend) {
       return await rpc({ t: "send", rid: ++rpcIds, call, frame: structuredClone(frame) }) as {
         id: string;
@@ -79,10 +82,11 @@ let plugin: Plugin<unknown>;
 try {
   plugin = validatePlugin(file, await import(url));
 } catch (error) {
-  const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
   post({
     t: "failed",
-    error: reason.startsWith("Cannot load plugin") ? reason : `Cannot load plugin "${file}": import failed: ${reason}`,
+    error: error instanceof PluginError
+      ? error.message
+      : `Cannot load plugin "${file}": ${describeImportError(error)}`,
   });
   await new Promise(() => {}); // The server ends this process.
 }

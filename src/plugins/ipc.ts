@@ -19,7 +19,7 @@ export class Channel {
     this.#writer = writable.getWriter();
   }
 
-  /** Queues a message; it is written with the others queued meanwhile. */
+  /** Queues a message; it is written with the others queued meanwhile. Throws if it cannot be cloned. */
   post(message: unknown): void {
     if (this.#closed) return;
     const body = serialize(message);

@@ -10,13 +10,15 @@
 import { StatusCode, statusName } from "../protocol/codes.ts";
 import type { Message } from "../protocol/frame.ts";
 import type { Connection } from "../core/hub.ts";
-import type { Status } from "../core/session.ts";
+import type { Status } from "../core/client_session.ts";
 import type { Logger } from "../log.ts";
 import { Channel, messages } from "./ipc.ts";
+import { settlesWithin } from "../util/deadline.ts";
 import { PluginError } from "./loader.ts";
 import type { HostMessage, ServerMessage } from "./host_messages.ts";
 import type { ClientInfo, PluginSend, SendResult } from "./types.ts";
 import type { PluginObserver, PluginUnit } from "./unit.ts";
+import { type PluginPermissions, permissionFlags } from "./permissions.ts";
 
 /** How to start a plugin's host process. */
 export interface ProcessPluginOptions {
@@ -26,9 +28,11 @@ export interface ProcessPluginOptions {
   url: string;
   /** The deno executable. */
   denoPath: string;
-  /** `--allow-*` flags and the like, from its permissions. */
-  flags: string[];
-  /** Heap limit of the host process, in MiB. */
+  /** The files it may always read: its own, and the directory's `_` helpers. */
+  ownFiles: string[];
+  /** The grants of a plugin named so (`plugins.permissions.<name>`). */
+  grantsFor(name: string): PluginPermissions | undefined;
+  /** Heap limit of the host process, in MiB, unless its grants say otherwise. */
   maxHeapMb: number;
   timeoutMs: number;
   logger: Logger;
@@ -62,16 +66,20 @@ class Host {
   #onMessage: (message: HostMessage) => void;
   readonly drained: Promise<void>;
 
-  constructor(options: ProcessPluginOptions, onMessage: (message: HostMessage) => void) {
+  constructor(
+    options: ProcessPluginOptions,
+    grants: PluginPermissions | undefined,
+    onMessage: (message: HostMessage) => void,
+  ) {
     this.#onMessage = onMessage;
-    this.process = new Deno.Command(options.denoPath, {
+    const child = new Deno.Command(options.denoPath, {
       args: [
         "run",
         "--quiet",
         "--no-prompt",
         `--config=${DENO_JSON.pathname}`,
-        `--v8-flags=--max-old-space-size=${options.maxHeapMb}`,
-        ...options.flags,
+        `--v8-flags=--max-old-space-size=${grants?.maxHeapMb ?? options.maxHeapMb}`,
+        ...permissionFlags(options.ownFiles, grants),
         HOST.pathname,
         options.url,
         options.file,
@@ -79,16 +87,18 @@ class Host {
       stdin: "piped",
       stdout: "piped",
       stderr: "piped",
+      env: { NO_COLOR: "1" },
     }).spawn();
-    this.channel = new Channel(this.process.stdin);
-    this.exited = this.process.status;
+    this.process = child;
+    this.channel = new Channel(child.stdin);
+    this.exited = child.status;
     const read = (async () => {
       try {
-        for await (const message of messages(this.process.stdout)) {
+        for await (const message of messages(child.stdout)) {
           const host = message as HostMessage;
           const waiter = this.#waiters.findIndex((accepts) => accepts(host));
           if (waiter >= 0) this.#waiters.splice(waiter, 1);
-          else this.#onMessage(host);
+          else onMessage(host);
         }
       } catch {
         // The process died mid-message.
@@ -97,7 +107,7 @@ class Host {
     const errors = (async () => {
       const logger = options.logger;
       try {
-        for await (const text of this.process.stderr.pipeThrough(new TextDecoderStream())) {
+        for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
           this.stderr = (this.stderr + text).slice(-4096);
           for (const line of text.split("\n")) if (line.trim()) logger.warn("Output", { line });
         }
@@ -142,9 +152,10 @@ class Host {
 
   /** Why it exited, for the 400 and the log. */
   reason(status: Deno.CommandStatus): string {
-    if (/heap limit|out of memory/i.test(this.stderr)) return "out of memory";
-    const uncaught = this.stderr.match(/error: Uncaught[^\n]*/);
-    if (uncaught) return uncaught[0].replace(/\x1b\[[0-9;]*m/g, "").slice(0, 200);
+    const stderr = this.stderr.replace(/\x1b\[[0-9;]*m/g, "");
+    if (/heap limit|out of memory/i.test(stderr)) return "out of memory";
+    const uncaught = stderr.match(/error: (Uncaught[^\n]*)/);
+    if (uncaught) return uncaught[1].slice(0, 200);
     return status.signal ? `killed by ${status.signal}` : `exit code ${status.code}`;
   }
 }
@@ -173,6 +184,7 @@ export class ProcessPlugin implements PluginUnit {
   #restartTimer?: ReturnType<typeof setTimeout>;
   #probe?: ReturnType<typeof setTimeout>;
   #startedAt = 0;
+  #grants?: PluginPermissions;
   #idle?: PromiseWithResolvers<void>;
 
   constructor(options: ProcessPluginOptions) {
@@ -187,6 +199,21 @@ export class ProcessPlugin implements PluginUnit {
 
   /** Starts the host; resolves once the plugin file is imported and valid. */
   async load(): Promise<void> {
+    await this.#load();
+    // Grants are known by the plugin's name, read from the file: start it again with them.
+    this.#grants = this.#options.grantsFor(this.name);
+    if (this.#grants && this.#grants.isolation !== "none") {
+      await this.#host?.stop();
+      await this.#load();
+    }
+  }
+
+  /** The grants it runs with (`isolation: none` means the registry imports it instead). */
+  get grants(): PluginPermissions | undefined {
+    return this.#grants;
+  }
+
+  async #load(): Promise<void> {
     const host = this.#spawn();
     const first = await host.next((m): m is HostMessage & { t: "loaded" | "failed" } =>
       m.t === "loaded" || m.t === "failed"
@@ -234,7 +261,7 @@ export class ProcessPlugin implements PluginUnit {
   }
 
   #spawn(): Host {
-    const host = new Host(this.#options, (message) => this.#message(host, message));
+    const host = new Host(this.#options, this.#grants, (message) => this.#message(host, message));
     this.#host = host;
     host.exited.then((status) => this.#exited(host, status));
     return host;
@@ -361,8 +388,11 @@ export class ProcessPlugin implements PluginUnit {
     }
   }
 
-  #exited(host: Host, status: Deno.CommandStatus) {
+  async #exited(host: Host, status: Deno.CommandStatus) {
     if (this.#host !== host || this.#state === "closed" || this.#state === "loading") return;
+    // Its last words (the uncaught error) may still be in the pipe.
+    await settlesWithin(host.drained, 200);
+    if (this.#host !== host || (this.#state as string) === "closed") return;
     clearTimeout(this.#probe);
     this.#probe = undefined;
     const { logger, observer } = this.#options;
@@ -371,7 +401,7 @@ export class ProcessPlugin implements PluginUnit {
     logger.error("Plugin host exited: restarting it", {
       reason,
       code: status.code,
-      stderr: host.stderr.replace(/\x1b\[[0-9;]*m/g, "").slice(-1000),
+      stderr: host.stderr.slice(-1000),
     });
     for (const id of [...this.#calls.keys()]) {
       this.#settle(id, { code: StatusCode.FAILED, msg: `Plugin "${this.name}" crashed: ${reason}` });
@@ -394,7 +424,7 @@ export class ProcessPlugin implements PluginUnit {
       const loaded = await host.next((m): m is HostMessage & { t: "loaded" | "failed" } =>
         m.t === "loaded" || m.t === "failed"
       );
-      if (this.#state === "closed") return;
+      if ((this.#state as string) === "closed") return;
       try {
         if (loaded?.t !== "loaded") throw new Error(loaded?.error ?? "host exited");
         if (loaded.name !== this.name || String(loaded.types) !== String(this.types)) {
@@ -418,7 +448,11 @@ export class ProcessPlugin implements PluginUnit {
 
   hook(name: "onRegister" | "onDisconnect", client: ClientInfo): void {
     if (!this.#hooks.has(name) || this.#state !== "ready") return;
-    this.#host?.post({ t: "hook", name, client });
+    this.#host?.post({
+      t: "hook",
+      name,
+      client: { userId: client.userId, clientName: client.clientName },
+    });
   }
 
   /** Waits for the frames in flight (at most `timeoutMs`), runs `close()`, ends the process. */
@@ -435,12 +469,10 @@ export class ProcessPlugin implements PluginUnit {
     if (!host) return;
     if (wasReady) {
       host.post({ t: "close" });
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
+      await settlesWithin(
         host.next((m): m is HostMessage & { t: "closed" } => m.t === "closed"),
-        new Promise((resolve) => timer = setTimeout(resolve, 2000)),
-      ]);
-      clearTimeout(timer);
+        2000,
+      );
     }
     await host.stop();
   }

@@ -8,7 +8,7 @@
 import { StatusCode, statusName } from "../protocol/codes.ts";
 import type { Message } from "../protocol/frame.ts";
 import type { Connection } from "../core/hub.ts";
-import type { Status } from "../core/session.ts";
+import type { Status } from "../core/client_session.ts";
 import type { Logger } from "../log.ts";
 import { PluginError } from "./loader.ts";
 import type { ClientInfo, Plugin, PluginBaseContext, PluginSend, SendResult } from "./types.ts";
@@ -64,6 +64,7 @@ export class InProcessPlugin implements PluginUnit {
   #options: InProcessOptions;
   #base: PluginBaseContext<unknown>;
   #inFlight = 0;
+  #state = new Map<string, unknown>();
   #idle?: PromiseWithResolvers<void>;
 
   constructor(plugin: Plugin<unknown>, options: InProcessOptions) {
@@ -162,6 +163,12 @@ export class InProcessPlugin implements PluginUnit {
 
   #context(config: unknown, sender?: Connection): PluginBaseContext<unknown> {
     const { send, isOnline, logger } = this.#options;
-    return { config, logger, isOnline, send: (frame) => send(frame, sender) };
+    return {
+      config,
+      logger,
+      isOnline,
+      state: this.#state,
+      send: (frame) => send(frame, sender),
+    };
   }
 }
