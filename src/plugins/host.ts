@@ -7,8 +7,8 @@
  *
  * @module
  */
-// Loaded before the plugin so that its `@im/server` import needs no read permission.
-import "../../mod.ts";
+// Loaded before the plugin so that its `@im/server` import (mapped here) needs no read permission.
+import "./api.ts";
 import { Channel, messages } from "./ipc.ts";
 import { describeImportError, PluginError, validatePlugin } from "./loader.ts";
 import type { ClientInfo, Plugin, PluginBaseContext, PluginSend } from "./types.ts";
@@ -18,6 +18,10 @@ import type { Logger } from "../log.ts";
 const [url, file] = Deno.args;
 const out = new Channel(Deno.stdout.writable);
 const post = (message: HostMessage) => out.post(message);
+
+// The server decides when this process ends (a Ctrl-C reaches the whole process group):
+// it sends "close", and the end of stdin means the server is gone.
+for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(signal, () => {});
 
 // stdout carries the protocol: console output goes to stderr, which the server logs.
 for (const method of ["log", "info", "debug"] as const) console[method] = console.error;
@@ -178,3 +182,4 @@ for await (const raw of messages(Deno.stdin.readable)) {
       break;
   }
 }
+Deno.exit(0);

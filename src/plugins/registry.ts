@@ -19,7 +19,7 @@ import { closest } from "../config/load.ts";
 import { describeImportError, isPluginFile, PluginError, validatePlugin } from "./loader.ts";
 import type { ClientInfo, PluginSend, SendResult } from "./types.ts";
 import { InProcessPlugin, type PluginObserver, type PluginUnit } from "./unit.ts";
-import { loadProcessPlugin } from "./process_plugin.ts";
+import { loadProcessPlugin, type ProcessPluginOptions } from "./process_plugin.ts";
 import type { PluginPermissions } from "./permissions.ts";
 import { type PluginWatcher, watchPlugins } from "./watcher.ts";
 
@@ -349,14 +349,13 @@ export class PluginRegistry implements CustomTypes {
       for await (const entry of Deno.readDir(path)) {
         if (entry.name.startsWith("_")) own.push(`${path}${entry.name}`);
       }
-      const hosted = await loadProcessPlugin({
-        ...options,
+      const hosted = await loadProcessPlugin(Object.defineProperties({
         url,
         denoPath: runtime.denoPath,
         maxHeapMb: runtime.maxHeapMb,
         ownFiles: own,
         grantsFor: (name: string) => runtime.permissions[name],
-      });
+      }, Object.getOwnPropertyDescriptors(options)) as ProcessPluginOptions);
       unit = hosted;
       if (hosted.grants?.isolation !== "none") return hosted;
       await hosted.close(); // trusted: it runs in the server's process
