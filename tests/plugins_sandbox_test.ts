@@ -111,8 +111,10 @@ Deno.test("a plugin that loops, runs out of memory or crashes costs only itself"
 });
 
 Deno.test("plugins.permissions grants what it names, and never the server's files", async (t) => {
-  const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () =>
-    new Response("from crm"));
+  const upstream = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () => new Response("from crm"),
+  );
   const port = upstream.addr.port;
   const dir = await pluginDir({
     "crm.ts": `
@@ -137,24 +139,28 @@ Deno.test("plugins.permissions grants what it names, and never the server's file
       assertEquals(refused.code, 400);
       assert(refused.msg?.includes("Requires net access"), refused.msg);
     });
-    await t.step("grants that reach the config file or storage are refused at start-up", async () => {
-      await assertRejects(
-        () => startServer({ plugins: { dir, permissions: { crm: { read: ["."] } } } }),
-        'plugins.permissions.crm.read[0]: "." reaches the server\'s storage directory',
-      );
-      await assertRejects(
-        () => startServer({ plugins: { dir, permissions: { crm: { write: ["./config.yaml"] } } } }),
-        "plugins.permissions.crm.write[0]: \"./config.yaml\" reaches the server's config file",
-      );
-      await assertRejects(
-        () => startServer({ plugins: { dir, permissions: { crm: { env: ["IM_API_KEYS"] } } } }),
-        "plugins.permissions.crm.env[0]: \"IM_API_KEYS\" is the server's own setting",
-      );
-      await assertRejects(
-        () => startServer({ plugins: { dir, permissions: { cmr: { net: ["x:1"] } } } }),
-        'plugins.permissions.cmr: no plugin is named "cmr" (did you mean "plugins.permissions.crm"?)',
-      );
-    });
+    await t.step(
+      "grants that reach the config file or storage are refused at start-up",
+      async () => {
+        await assertRejects(
+          () => startServer({ plugins: { dir, permissions: { crm: { read: ["."] } } } }),
+          'plugins.permissions.crm.read[0]: "." reaches the server\'s storage directory',
+        );
+        await assertRejects(
+          () =>
+            startServer({ plugins: { dir, permissions: { crm: { write: ["./config.yaml"] } } } }),
+          'plugins.permissions.crm.write[0]: "./config.yaml" reaches the server\'s config file',
+        );
+        await assertRejects(
+          () => startServer({ plugins: { dir, permissions: { crm: { env: ["IM_API_KEYS"] } } } }),
+          'plugins.permissions.crm.env[0]: "IM_API_KEYS" is the server\'s own setting',
+        );
+        await assertRejects(
+          () => startServer({ plugins: { dir, permissions: { cmr: { net: ["x:1"] } } } }),
+          'plugins.permissions.cmr: no plugin is named "cmr" (did you mean "plugins.permissions.crm"?)',
+        );
+      },
+    );
   } finally {
     await upstream.shutdown();
     await Deno.remove(dir, { recursive: true });
@@ -204,14 +210,17 @@ Deno.test("POST /server/plugins/reload adds, swaps, refuses and removes without 
     assertEquals(await ask(7901), "b1");
   });
 
-  await t.step("a changed file is swapped; a frame in flight finishes on the old version", async () => {
-    const slow = alice.request(frame("u1", 7900, "u2", "slow"));
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    await Deno.writeTextFile(`${dir}/a.ts`, versioned("v2"));
-    assertEquals((await reload(srv)).replaced, ["a.ts"]);
-    assertEquals(await ask(7900), "v2");
-    assertEquals((await slow).msg, "v1");
-  });
+  await t.step(
+    "a changed file is swapped; a frame in flight finishes on the old version",
+    async () => {
+      const slow = alice.request(frame("u1", 7900, "u2", "slow"));
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await Deno.writeTextFile(`${dir}/a.ts`, versioned("v2"));
+      assertEquals((await reload(srv)).replaced, ["a.ts"]);
+      assertEquals(await ask(7900), "v2");
+      assertEquals((await slow).msg, "v1");
+    },
+  );
 
   await t.step("a broken change is refused and the old version keeps serving", async () => {
     await Deno.writeTextFile(`${dir}/a.ts`, "export default {{ broken");

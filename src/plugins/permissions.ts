@@ -19,13 +19,17 @@ export const PluginPermissionsSchema = z.strictObject({
   /** Paths it may write. */
   write: z.array(z.string().min(1)).default([]),
   /** Hosts (`host` or `host:port`) it may connect to. */
-  net: z.array(z.string().regex(/^[A-Za-z0-9.\-_]+(:\d{1,5})?$|^\[[0-9a-fA-F:.]+\](:\d{1,5})?$/, {
-    message: "must be a host or host:port",
-  })).default([]),
+  net: z.array(
+    z.string().regex(/^[A-Za-z0-9.\-_]+(:\d{1,5})?$|^\[[0-9a-fA-F:.]+\](:\d{1,5})?$/, {
+      message: "must be a host or host:port",
+    }),
+  ).default([]),
   /** Environment variables it may read. */
-  env: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, {
-    message: "must be an environment variable name",
-  })).default([]),
+  env: z.array(
+    z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, {
+      message: "must be an environment variable name",
+    }),
+  ).default([]),
   /** Heap limit of its host process in MiB; `plugins.maxHeapMb` when absent. */
   maxHeapMb: z.int().min(16).max(16384).optional(),
 });

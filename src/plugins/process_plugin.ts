@@ -18,7 +18,7 @@ import { PluginError } from "./loader.ts";
 import type { HostMessage, ServerMessage } from "./host_messages.ts";
 import type { ClientInfo, PluginSend, SendResult } from "./types.ts";
 import type { PluginObserver, PluginUnit } from "./unit.ts";
-import { type PluginPermissions, permissionFlags } from "./permissions.ts";
+import { permissionFlags, type PluginPermissions } from "./permissions.ts";
 
 /** How to start a plugin's host process. */
 export interface ProcessPluginOptions {
@@ -51,6 +51,8 @@ const DENO_JSON = new URL("../../deno.json", import.meta.url);
 let importMap: string | undefined;
 /** Milliseconds a host may take to import its plugin, and then to run `init`. */
 const START_MS = 15_000;
+/** Terminal colour codes. */
+const ANSI = new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g");
 
 /**
  * The hosts' import map: the project's imports, with `@im/server` mapped to the
@@ -144,7 +146,9 @@ class Host {
   }
 
   /** The next message that `accepts` takes, or undefined if the process exits first. */
-  next<T extends HostMessage>(accepts: (message: HostMessage) => message is T): Promise<T | undefined> {
+  next<T extends HostMessage>(
+    accepts: (message: HostMessage) => message is T,
+  ): Promise<T | undefined> {
     const got = Promise.withResolvers<T | undefined>();
     this.#waiters.push((message) => {
       if (!accepts(message)) return false;
@@ -177,7 +181,8 @@ class Host {
 
   /** Why it exited, for the 400 and the log. */
   reason(status: Deno.CommandStatus): string {
-    const stderr = this.stderr.replace(/\x1b\[[0-9;]*m/g, "");
+    // The host runs with NO_COLOR, but a plugin may print colors itself.
+    const stderr = this.stderr.replace(ANSI, "");
     if (/heap limit|out of memory/i.test(stderr)) return "out of memory";
     const uncaught = stderr.match(/error: (Uncaught[^\n]*)/);
     if (uncaught) return uncaught[1].slice(0, 200);
@@ -455,7 +460,10 @@ export class ProcessPlugin implements PluginUnit {
       stderr: host.stderr.slice(-1000),
     });
     for (const id of [...this.#calls.keys()]) {
-      this.#settle(id, { code: StatusCode.FAILED, msg: `Plugin "${this.name}" crashed: ${reason}` });
+      this.#settle(id, {
+        code: StatusCode.FAILED,
+        msg: `Plugin "${this.name}" crashed: ${reason}`,
+      });
     }
     host.stop();
     this.#restart();

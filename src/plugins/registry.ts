@@ -107,7 +107,9 @@ export class PluginRegistry implements CustomTypes {
       for (const { unit } of entries) {
         const other = names.get(unit.name);
         if (other) {
-          throw new PluginError(`Plugins "${other}" and "${unit.file}" are both named "${unit.name}"`);
+          throw new PluginError(
+            `Plugins "${other}" and "${unit.file}" are both named "${unit.name}"`,
+          );
         }
         names.set(unit.name, unit.file);
       }
@@ -210,7 +212,9 @@ export class PluginRegistry implements CustomTypes {
       result.removed.push(file);
       logger.child(`plugin:${entry.unit.name}`).info("Plugin unloaded", { file });
     }
-    for (const file of [...this.#failures.keys()]) if (!present.has(file)) this.#failures.delete(file);
+    for (const file of [...this.#failures.keys()]) {
+      if (!present.has(file)) this.#failures.delete(file);
+    }
     for (const [file, version] of files) {
       const old = this.#entries.get(file);
       if (old?.version === version) continue;
@@ -318,7 +322,10 @@ export class PluginRegistry implements CustomTypes {
       try {
         const bytes = await Deno.readFile(`${path}${name}`);
         const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-        return [name, Array.from(hash.slice(0, 12), (b) => b.toString(16).padStart(2, "0")).join("")];
+        return [
+          name,
+          Array.from(hash.slice(0, 12), (b) => b.toString(16).padStart(2, "0")).join(""),
+        ];
       } catch {
         return [name, `unreadable-${++this.#versions}`];
       }
@@ -331,7 +338,6 @@ export class PluginRegistry implements CustomTypes {
     const url = new URL(file, runtime.dir).href;
     const base = runtime.logger.child(`plugin:${file}`);
     let unit: PluginUnit | undefined;
-    const self = this;
     const options = {
       file,
       timeoutMs: runtime.timeoutMs,
@@ -339,8 +345,7 @@ export class PluginRegistry implements CustomTypes {
       get logger() {
         return unit?.name ? runtime.logger.child(`plugin:${unit.name}`) : base;
       },
-      send: (frame: PluginSend, sender: Connection | undefined) =>
-        self.#send(unit!, frame, sender),
+      send: (frame: PluginSend, sender: Connection | undefined) => this.#send(unit!, frame, sender),
       isOnline: runtime.isOnline,
     };
     const path = decodeURIComponent(runtime.dir.pathname);
@@ -417,4 +422,3 @@ export class PluginRegistry implements CustomTypes {
     await Promise.all([...units.map((unit) => unit.close()), ...this.#retiring]);
   }
 }
-

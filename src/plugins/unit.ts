@@ -85,7 +85,9 @@ export class InProcessPlugin implements PluginUnit {
       if (!parsed.success) {
         const issue = parsed.error.issues[0];
         const path = ["plugins", "config", plugin.name, ...issue.path.map(String)].join(".");
-        throw new PluginError(`Invalid config for plugin "${this.file}": ${path}: ${issue.message}`);
+        throw new PluginError(
+          `Invalid config for plugin "${this.file}": ${path}: ${issue.message}`,
+        );
       }
       config = parsed.data;
     }
