@@ -31,7 +31,7 @@ function errorInfo(error: unknown): { message: string; stack?: string } {
   return { message: String(error) };
 }
 
-/** Fields a logger call may carry, made cloneable (errors become plain objects). */
+/** Fields a logger call may carry, made JSON (errors become plain objects). */
 function cloneable(fields: Record<string, unknown> | undefined) {
   if (!fields) return undefined;
   const out: Record<string, unknown> = {};
@@ -39,10 +39,9 @@ function cloneable(fields: Record<string, unknown> | undefined) {
     out[key] = value instanceof Error ? { error: errorInfo(value) } : value;
   }
   try {
-    structuredClone(out);
-    return out;
+    return JSON.parse(JSON.stringify(out));
   } catch {
-    return { fields: String(JSON.stringify(out)) };
+    return { fields: "(not JSON)" };
   }
 }
 
@@ -71,7 +70,7 @@ function context(config: unknown, call?: number): PluginBaseContext<unknown> {
     logger,
     state,
     async send(frame: PluginSend) {
-      return await rpc({ t: "send", rid: ++rpcIds, call, frame: structuredClone(frame) }) as {
+      return await rpc({ t: "send", rid: ++rpcIds, call, frame: JSON.parse(JSON.stringify(frame)) }) as {
         id: string;
         duplicate: boolean;
       };

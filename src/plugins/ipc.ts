@@ -1,11 +1,17 @@
 /**
- * The pipe between the server and a plugin host process: messages are
- * structured-cloned with `node:v8`'s serializer and framed by a 4-byte length.
- * Writes made while one is in progress go out together in one write.
+ * The pipe between the server and a plugin host process: each message is JSON
+ * framed by a 4-byte length. Writes made while one is in progress go out
+ * together in one write.
+ *
+ * JSON, not `node:v8`'s structured-clone serializer: in Deno 2.9.6 a
+ * `serialize`/`deserialize` round trip grows the process's RSS by ~3.5 KB that
+ * is never given back (measured: 1 M small messages, 3.2 GB), and what crosses
+ * here is JSON-shaped anyway (frames, config sections, statuses, log fields).
  *
  * @module
  */
-import { deserialize, serialize } from "node:v8";
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
 
 /** One end of the pipe. */
 export class Channel {
@@ -19,10 +25,10 @@ export class Channel {
     this.#writer = writable.getWriter();
   }
 
-  /** Queues a message; it is written with the others queued meanwhile. Throws if it cannot be cloned. */
+  /** Queues a message; it is written with the others queued meanwhile. Throws if it is not JSON. */
   post(message: unknown): void {
     if (this.#closed) return;
-    const body = serialize(message);
+    const body = encoder.encode(JSON.stringify(message));
     const head = new Uint8Array(4);
     new DataView(head.buffer).setUint32(0, body.length);
     this.#queue.push(head, body);
@@ -73,7 +79,7 @@ export async function* messages(readable: ReadableStream<Uint8Array>): AsyncGene
     while (buf.length - at >= 4) {
       const length = view.getUint32(at);
       if (buf.length - at - 4 < length) break;
-      yield deserialize(buf.subarray(at + 4, at + 4 + length));
+      yield JSON.parse(decoder.decode(buf.subarray(at + 4, at + 4 + length)));
       at += 4 + length;
     }
     buf = buf.subarray(at);
