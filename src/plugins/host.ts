@@ -70,7 +70,12 @@ function context(config: unknown, call?: number): PluginBaseContext<unknown> {
     logger,
     state,
     async send(frame: PluginSend) {
-      return await rpc({ t: "send", rid: ++rpcIds, call, frame: JSON.parse(JSON.stringify(frame)) }) as {
+      return await rpc({
+        t: "send",
+        rid: ++rpcIds,
+        call,
+        frame: JSON.parse(JSON.stringify(frame)),
+      }) as {
         id: string;
         duplicate: boolean;
       };
