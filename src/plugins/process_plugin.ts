@@ -209,6 +209,8 @@ export class ProcessPlugin implements PluginUnit {
   #state: "loading" | "ready" | "restarting" | "closed" = "loading";
   #config: unknown;
   #calls = new Map<number, Call>();
+  /** Senders of the last answered calls. */
+  #answered = new Map<number, Connection>();
   #ids = 0;
   #failures = 0;
   #restartTimer?: ReturnType<typeof setTimeout>;
@@ -348,6 +350,9 @@ export class ProcessPlugin implements PluginUnit {
     const call = this.#calls.get(id);
     if (!call) return;
     this.#calls.delete(id);
+    // A handler may still send after its answer (work it did not await), as its sender.
+    this.#answered.set(id, call.sender);
+    if (this.#answered.size > 1024) this.#answered.delete(this.#answered.keys().next().value!);
     clearTimeout(call.timer);
     call.resolve(status);
     if (this.#calls.size === 0) this.#idle?.resolve();
@@ -406,7 +411,7 @@ export class ProcessPlugin implements PluginUnit {
       case "send": {
         const sender = message.call === undefined
           ? undefined
-          : this.#calls.get(message.call)?.sender;
+          : this.#calls.get(message.call)?.sender ?? this.#answered.get(message.call);
         if (message.call !== undefined && !sender) {
           host.post({ t: "reply", rid: message.rid, error: "The frame's handling has ended" });
           return;
