@@ -96,7 +96,9 @@ try {
       ? error.message
       : `Cannot load plugin "${file}": ${describeImportError(error)}`,
   });
-  await new Promise(() => {}); // The server ends this process.
+  // The server ends this process; if it is gone, the end of stdin does.
+  for await (const _ of Deno.stdin.readable) { /* nothing more to do */ }
+  Deno.exit(0);
 }
 post({
   t: "loaded",
