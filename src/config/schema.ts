@@ -5,6 +5,7 @@
  * @module
  */
 import { z } from "zod";
+import { PluginPermissionsSchema } from "../plugins/permissions.ts";
 
 const port = z.int().min(0).max(65535);
 const positiveInt = z.int().positive();
@@ -133,6 +134,15 @@ export const ConfigSchema = z.strictObject({
     timeoutMs: positiveInt.default(5000),
     /** Per-plugin settings, by plugin name. */
     config: z.record(z.string(), z.unknown()).default({}),
+    /**
+     * Per-plugin permissions and isolation, by plugin name: by default a plugin
+     * runs in its own process and may read only its own file(s).
+     */
+    permissions: z.record(z.string(), PluginPermissionsSchema).default({}),
+    /** Heap limit of each plugin's host process, in MiB. */
+    maxHeapMb: z.int().min(16).max(16384).default(128),
+    /** Watch `dir` and reload plugins when its files change. */
+    watch: z.boolean().default(true),
   }).prefault({}),
   cluster: z.strictObject({
     /** Redis URL; when set, instances share sessions, delivery and storage. */
