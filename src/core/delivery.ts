@@ -105,6 +105,7 @@ export class DeliveryService {
   /** Subscribes this instance to the broker. */
   start(): Promise<void> {
     return this.#broker.subscribe({
+      instance: this.#instance,
       deliver: (delivery) => this.#deliverHere(delivery),
       kick: (kick) => this.#hub.kick(kick),
     });
@@ -127,6 +128,14 @@ export class DeliveryService {
       const acceptedAt = Date.now();
       const stored = message.store !== false;
       const { recipients } = message;
+      const routed: Routed = {
+        stored: stored ? { sender: message.sender, id: message.id } : undefined,
+        text: message.text,
+        users: recipients,
+        echoTo: message.sender === SYSTEM ? undefined : message.sender,
+        origin: origin && this.#origin(origin),
+        acceptedAt,
+      };
       if (stored) {
         const { duplicate, overQuota } = await this.#store.accept({
           sender: message.sender,
@@ -135,7 +144,7 @@ export class DeliveryService {
           recipients,
           text: message.text,
           acceptedAt,
-        });
+        }, routed);
         if (duplicate) return DUPLICATE;
         if (overQuota) return OVER_QUOTA;
         if (this.#observer.storedForOffline) {
@@ -145,15 +154,9 @@ export class DeliveryService {
           }
           if (offline) this.#observer.storedForOffline(offline, message);
         }
+        if (this.#store.publishes) return ACCEPTED;
       }
-      await this.#broker.publish({
-        stored: stored ? { sender: message.sender, id: message.id } : undefined,
-        text: message.text,
-        users: recipients,
-        echoTo: message.sender === SYSTEM ? undefined : message.sender,
-        origin: origin && this.#origin(origin),
-        acceptedAt,
-      });
+      await this.#broker.publish(routed);
       return ACCEPTED;
     } finally {
       this.#settled();
@@ -186,14 +189,15 @@ export class DeliveryService {
   ): Promise<boolean> {
     this.#busy++;
     try {
-      const known = await this.#store.acknowledge(userId, key);
-      if (!known) return false;
-      await this.#broker.publish({
+      const routed: Routed = {
         text,
         users: key.sender === SYSTEM ? [] : [key.sender],
         echoTo: userId,
         origin: origin && this.#origin(origin),
-      });
+      };
+      const known = await this.#store.acknowledge(userId, key, routed);
+      if (!known) return false;
+      if (!this.#store.publishes) await this.#broker.publish(routed);
       return true;
     } finally {
       this.#settled();
