@@ -216,6 +216,27 @@ export class MemoryStore implements MessageStore {
     return DONE;
   }
 
+  markDeliveredTo({ sender, id }: MessageKey, userIds: readonly string[]): Promise<void> {
+    const record = this.#find(sender, id);
+    if (!record) return DONE;
+    const { recipients } = record;
+    // `userIds` is usually `recipients` or an ordered part of it: walk both, and
+    // look a user up only when the walk loses step (no index map per message).
+    let slot = 0;
+    for (const user of userIds) {
+      if (recipients[slot] !== user) {
+        slot = slotOf(record, user);
+        if (slot < 0) {
+          slot = 0;
+          continue;
+        }
+      }
+      if (stateAt(record, slot) === PENDING) setState(record, slot, DELIVERED);
+      slot++;
+    }
+    return DONE;
+  }
+
   acknowledge(userId: string, { sender, id }: MessageKey): Promise<boolean> {
     const held = this.#held(userId, sender, id);
     if (!held) return UNKNOWN;

@@ -125,6 +125,19 @@ end
 return 1
 `;
 
+/** ARGV: sender, id, user…: one message delivered to several users. */
+const MARK_DELIVERED_TO = `
+local P = ${JSON.stringify(P)}
+local seq = redis.call('GET', P .. 'k:' .. ARGV[1] .. '\\0' .. ARGV[2])
+if not seq then return 1 end
+local m = P .. 'm:' .. seq
+for i = 3, #ARGV do
+  local field = 's:' .. ARGV[i]
+  if redis.call('HGET', m, field) == 'p' then redis.call('HSET', m, field, 'd') end
+end
+return 1
+`;
+
 /** ARGV: user, sender, id. Returns 1 when the message to the user is known. */
 const ACKNOWLEDGE = `
 local P = ${JSON.stringify(P)}
@@ -193,6 +206,7 @@ const SCRIPTS = {
   ACCEPT,
   UNACKNOWLEDGED,
   MARK_DELIVERED,
+  MARK_DELIVERED_TO,
   ACKNOWLEDGE,
   HISTORY,
   SWEEP,
@@ -277,6 +291,11 @@ export class RedisStore implements MessageStore {
   async markDelivered(userId: string, keys: MessageKey[]): Promise<void> {
     if (keys.length === 0) return;
     await this.#eval("MARK_DELIVERED", [userId, ...keys.flatMap((key) => [key.sender, key.id])]);
+  }
+
+  async markDeliveredTo(key: MessageKey, userIds: readonly string[]): Promise<void> {
+    if (userIds.length === 0) return;
+    await this.#eval("MARK_DELIVERED_TO", [key.sender, key.id, ...userIds]);
   }
 
   async acknowledge(userId: string, key: MessageKey): Promise<boolean> {

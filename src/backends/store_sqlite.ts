@@ -131,6 +131,7 @@ type Deferred<T> = { resolve(value: T): void; reject(error: unknown): void };
 type Op =
   | Deferred<AcceptResult> & { kind: "accept"; message: NewMessage }
   | Deferred<void> & { kind: "delivered"; userId: string; keys: MessageKey[] }
+  | Deferred<void> & { kind: "deliveredTo"; key: MessageKey; userIds: readonly string[] }
   | Deferred<boolean> & { kind: "ack"; userId: string; key: MessageKey };
 
 /** Counter changes of a transaction, applied only once it has committed. */
@@ -284,6 +285,7 @@ export class SqliteStore implements MessageStore {
   #insertMessage: StatementSync;
   #insertDelivery: StatementSync;
   #markDelivered: StatementSync;
+  #markDeliveredTo: StatementSync;
   #ack: StatementSync;
   #addressed: StatementSync;
   #unacked: StatementSync;
@@ -315,6 +317,12 @@ export class SqliteStore implements MessageStore {
     this.#markDelivered = db.prepare(
       `UPDATE deliveries SET state = ${DELIVERED}
        WHERE recipient = ? AND seq = ${seqOf} AND state = ${PENDING}`,
+    );
+    // One statement for every recipient reached: the rows of one seq, by the seq index.
+    this.#markDeliveredTo = db.prepare(
+      `UPDATE deliveries SET state = ${DELIVERED}
+       WHERE seq = ${seqOf} AND state = ${PENDING}
+         AND recipient IN (SELECT value FROM json_each(?))`,
     );
     this.#ack = db.prepare(
       `UPDATE deliveries SET state = ${ACKNOWLEDGED}
@@ -374,6 +382,10 @@ export class SqliteStore implements MessageStore {
 
   markDelivered(userId: string, keys: MessageKey[]): Promise<void> {
     return this.#enqueue<void>((d) => ({ kind: "delivered", userId, keys, ...d }));
+  }
+
+  markDeliveredTo(key: MessageKey, userIds: readonly string[]): Promise<void> {
+    return this.#enqueue<void>((d) => ({ kind: "deliveredTo", key, userIds, ...d }));
   }
 
   acknowledge(userId: string, key: MessageKey): Promise<boolean> {
@@ -639,6 +651,14 @@ export class SqliteStore implements MessageStore {
       case "delivered":
         for (const { sender, id } of op.keys) this.#markDelivered.run(op.userId, sender, id);
         return;
+      case "deliveredTo": {
+        const { key: { sender, id }, userIds } = op;
+        if (userIds.length === 1) this.#markDelivered.run(userIds[0], sender, id);
+        else if (userIds.length > 1) {
+          this.#markDeliveredTo.run(sender, id, JSON.stringify(userIds));
+        }
+        return;
+      }
       case "ack": {
         const { sender, id } = op.key;
         if (this.#ack.run(op.userId, sender, id).changes > 0) {
