@@ -187,7 +187,7 @@ Deno.test("start-up stops on a bad plugin set, naming the file(s) and the reason
     [
       "an export that does not fit",
       { "bad.ts": `export default { name: "bad", types: [7400] };` },
-      'Cannot load plugin "bad.ts": default export "handle" must be a function',
+      'Cannot load plugin "bad.ts": default export "handle" is not valid: must be a function',
     ],
     [
       "two plugins with one name",
@@ -290,6 +290,15 @@ Deno.test("example plugins work end to end", async (t) => {
     assertEquals(body.u3.online, false);
     assert(typeof body.u3.lastSeen === "number", "carol disconnected earlier");
     assertEquals(body.u9, { online: false, lastSeen: null });
+  });
+
+  await t.step("last-seen keeps each server's state apart", async () => {
+    await using other = await startServer({ plugins: { dir: EXAMPLES } });
+    const dave = await other.connect("bob");
+    assertEquals((await dave.request(frame("u2", 5201, "u1", "?", "q-2"))).code, 200);
+    const answer = await dave.next((f) => f.type === 5202);
+    assertEquals(JSON.parse(answer.body).u1, { online: false, lastSeen: null });
+    await dave.close();
   });
 
   await t.step("echo sends the body back as a system frame", async () => {
