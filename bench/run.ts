@@ -9,10 +9,10 @@
  * `--idle N` [10000], `--idle-runs N` [1: the idle cells are slow and steady],
  * `--messages N` [50000: messages left waiting in the backlog cell],
  * `--gens N` [1: generator processes for the relay, receipts and open-loop cells],
- * `--only relay,relay-deep,receipts,fanout,open,idle,backlog`,
- * `--targets im-memory,im-sqlite,im-base,bare,socketio`, `--base DIR` [our server from another
- * tree as the target `im-base`, e.g. a worktree of the last commit, for before/after in one run],
- * `--out FILE` [.bench-out/bench-<time>.json].
+ * `--only relay,relay-deep,receipts,plugin,fanout,open,idle,backlog`,
+ * `--targets im-memory,im-sqlite,im-base,im-plugin,im-plugin-inproc,bare,socketio`,
+ * `--base DIR` [our server from another tree as the target `im-base`, e.g. a worktree of the last
+ * commit, for before/after in one run], `--out FILE` [.bench-out/bench-<time>.json].
  *
  * @module
  */
@@ -24,6 +24,7 @@ import {
   dialectOf,
   ensurePeers,
   type Paths,
+  RELAY_PLUGIN_TYPE,
   type Running,
   start,
   startV8Flags,
@@ -41,6 +42,8 @@ interface Cell {
   targets: TargetName[];
   /** Frames in flight per sender; the settings' window when absent. */
   window?: number;
+  /** Type of the relayed frames. @default 2001 */
+  frameType?: number;
 }
 
 /** Settings from the command line. */
@@ -144,6 +147,14 @@ function matrix(s: Settings): Cell[] {
       targets: ["im-sqlite", "im-memory", "im-base", "bare", "socketio"],
     },
     {
+      key: "plugin",
+      label: `plugin type ${RELAY_PLUGIN_TYPE} relay`,
+      scenario: "relay",
+      receipts: false,
+      frameType: RELAY_PLUGIN_TYPE,
+      targets: ["im-plugin", "im-plugin-inproc"],
+    },
+    {
       key: "fanout",
       label: "fan-out ×100",
       scenario: "fanout",
@@ -214,6 +225,7 @@ async function runCell(
       users,
       window: cell.window ?? s.window,
       receipts: cell.receipts,
+      frameType: cell.frameType,
       warmupMs: s.warmupMs,
       durationMs: s.durationMs,
       rate: s.rate,

@@ -5,6 +5,7 @@
  * @module
  */
 import { z } from "zod";
+import { PluginPermissionsSchema } from "../plugins/permissions.ts";
 
 const port = z.int().min(0).max(65535);
 const positiveInt = z.int().positive();
@@ -64,8 +65,16 @@ export const ConfigSchema = z.strictObject({
     tokenTtlSeconds: positiveInt.default(86400),
     /** Name of the session cookie set by `POST /api/login`. */
     cookieName: z.string().regex(/^[A-Za-z0-9_-]+$/).default("im_session"),
+    /** `SameSite` of the session cookie: `none` lets pages of another site use it (needs Secure). */
+    cookieSameSite: z.enum(["lax", "strict", "none"]).default("lax"),
+    /** `Secure` on the session cookie: absent = when the request came over HTTPS. */
+    cookieSecure: z.boolean().optional(),
     /** Seconds a sessionId stays redeemable. */
     sessionTtlSeconds: positiveInt.default(60),
+  }).refine((auth) => auth.cookieSameSite !== "none" || auth.cookieSecure === true, {
+    message: "none needs auth.cookieSecure: true (browsers drop a SameSite=None cookie that " +
+      "is not Secure)",
+    path: ["cookieSameSite"],
   }).prefault({}),
   limits: z.strictObject({
     /** Most entries in `to`. */
@@ -125,6 +134,15 @@ export const ConfigSchema = z.strictObject({
     timeoutMs: positiveInt.default(5000),
     /** Per-plugin settings, by plugin name. */
     config: z.record(z.string(), z.unknown()).default({}),
+    /**
+     * Per-plugin permissions and isolation, by plugin name: by default a plugin
+     * runs in its own process and may read only its own file(s).
+     */
+    permissions: z.record(z.string(), PluginPermissionsSchema).default({}),
+    /** Heap limit of each plugin's host process, in MiB. */
+    maxHeapMb: z.int().min(16).max(16384).default(128),
+    /** Watch `dir` and reload plugins when its files change. */
+    watch: z.boolean().default(true),
   }).prefault({}),
   cluster: z.strictObject({
     /** Redis URL; when set, instances share sessions, delivery and storage. */

@@ -18,6 +18,7 @@ import type { ApiKey } from "../http/credentials.ts";
 import { addClientRoutes } from "../http/client_routes.ts";
 import { addServerRoutes } from "../http/server_routes.ts";
 import { addHealthRoutes, HEALTH_PATHS } from "../http/health_routes.ts";
+import { addPluginRoutes } from "../http/plugin_routes.ts";
 import { websocketRoute } from "../http/websocket_route.ts";
 import { consoleHandler } from "../console/serve.ts";
 import type { TokenService } from "../auth/tokens.ts";
@@ -70,7 +71,11 @@ export function buildRoutes(
     ...auth,
     sessions: backends.sessions,
     store: backends.store,
+    presence: backends.presence,
+    maxUsers: config.limits.maxRecipients,
     cookieName: config.auth.cookieName,
+    cookieSameSite: config.auth.cookieSameSite,
+    cookieSecure: config.auth.cookieSecure,
     tokenTtlSeconds: config.auth.tokenTtlSeconds,
   });
   addServerRoutes(router, {
@@ -88,7 +93,12 @@ export function buildRoutes(
     logger: api,
     metricsKey: config.server.metricsKey,
     accepting: () => gate.accepting,
+    details: () => {
+      const failed = core.plugins.failures;
+      return Object.keys(failed).length > 0 ? { plugins: { failed } } : undefined;
+    },
   });
+  addPluginRoutes(router, { plugins: core.plugins, logger: api });
   if (config.server.console) router.fallback(consoleHandler());
   return router;
 }
