@@ -113,8 +113,9 @@ Deno.test("SIGTERM: clients see 1001, accepted frames are delivered first, exit 
   const received = new Set(
     bob.drain().filter((f: Frame) => f.type === 2001).map((f: Frame) => f.id),
   );
-  const accepted = ids.filter((id) => replies.get(id) === 200);
-  assert(accepted.length > 0);
+  // s-0's 200 was taken off the queue above; the frames after it may all have met the shutdown
+  // (each frame is its own event, and SIGTERM can come between them).
+  const accepted = ["s-0", ...ids.filter((id) => replies.get(id) === 200)];
   for (const id of accepted) {
     assert(received.has(id), `${id} got 200 and reached bob before the close`);
   }
