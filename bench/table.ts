@@ -216,6 +216,12 @@ export function renderChecks(rows: Row[]): string {
       1,
       true,
     );
+    check(
+      `${name}, memory storage ÷ Socket.IO, per server CPU-second`,
+      ratio(key, "im-memory", "socketio", "perCpuSecond"),
+      1,
+      true,
+    );
   }
   if (invalid.length) {
     lines.push(`- WARNING: these cells carry a note, read it: ${invalid.join(", ")}`);
