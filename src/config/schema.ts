@@ -147,6 +147,13 @@ export const ConfigSchema = z.strictObject({
   cluster: z.strictObject({
     /** Redis URL; when set, instances share sessions, delivery and storage. */
     redisUrl: z.string().optional(),
+    /**
+     * Replicas that must hold a copy of a message (Redis `WAIT`) before its
+     * 200 is sent; 0: answer once the primary has it.
+     */
+    redisWait: z.number().int().min(0).max(16).default(0),
+    /** Most milliseconds a 200 waits for those replicas; past it the send answers 400. */
+    redisWaitTimeoutMs: z.number().int().min(1).max(60_000).default(1000),
   }).prefault({}),
   log: z.strictObject({
     level: LogLevel.default("info"),
