@@ -35,7 +35,7 @@ import type { Logger } from "../log.ts";
 const PENDING = 0, DELIVERED = 1, ACKNOWLEDGED = 2, GONE = 3;
 const STATE_NAMES: DeliveryState[] = ["pending", "delivered", "acknowledged"];
 
-/** Above this many recipients a record gets a map from recipient to index. */
+/** Above this many recipients a list gets a map from recipient to index. */
 const INDEXED_RECIPIENTS = 16;
 /** States packed per element of {@link Several.states}: 2 bits each, 30 bits (a small integer). */
 const PER_WORD = 15;
@@ -76,9 +76,13 @@ interface Several {
   list: string[];
   /** Their delivery states, two bits each, {@link PER_WORD} per element. */
   states: number[];
-  /** userId → slot, built for long lists when a lookup needs it. */
-  index?: Map<string, number>;
 }
+
+/**
+ * userId → slot of long recipient lists, built when a lookup (a receipt) needs
+ * it; one per list, so the messages of a group that share a list share it.
+ */
+const indexes = new WeakMap<readonly string[], Map<string, number>>();
 
 function recipientsOf(record: Record): string[] {
   const { to } = record;
@@ -92,8 +96,9 @@ function slotOf(record: Record, user: string): number {
   const { list } = to;
   if (list[0] === user) return 0;
   if (list.length <= INDEXED_RECIPIENTS) return list.indexOf(user);
-  to.index ??= new Map(list.map((u, i) => [u, i]));
-  return to.index.get(user) ?? -1;
+  let index = indexes.get(list);
+  if (!index) indexes.set(list, index = new Map(list.map((u, i) => [u, i])));
+  return index.get(user) ?? -1;
 }
 
 function stateAt(record: Record, slot: number): number {
