@@ -343,6 +343,7 @@ Deno.test("SqliteStore counts a sender's pending bytes again after a reopen", as
     try {
       assert.equal((await store.accept(frame("m2"))).overQuota, true);
       await store.markDelivered("x", [{ sender: "mallory", id: "m0" }]);
+      await store.pendingCount(); // delivery marks wait MARK_DELAY_MS; a read writes them
       assert.deepEqual(await store.accept(frame("m2")), { duplicate: false });
     } finally {
       await store.close();

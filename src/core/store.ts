@@ -112,8 +112,9 @@ export interface UnacknowledgedPage {
  * - Per-user caps and retention may drop messages; the store logs each drop.
  * - With `maxPendingBytesPerSender`, `accept` refuses (`overQuota`) a message
  *   whose pending copies (length of its text times recipients) would take the
- *   sender's pending copies past it. A copy stops counting once it is marked
- *   delivered, acknowledged or dropped. Lengths are the store's own measure of
+ *   sender's pending copies past it. A copy stops counting once its delivery
+ *   mark is written (a store may write marks late; reads write them first),
+ *   or it is acknowledged or dropped. Lengths are the store's own measure of
  *   text (characters, or UTF-8 bytes in Redis).
  */
 export interface MessageStore {
@@ -133,6 +134,13 @@ export interface MessageStore {
   unacknowledged(userId: string, options: UnacknowledgedOptions): Promise<UnacknowledgedPage>;
   /** Marks messages as sent to a connection of `userId` (`pending` → `delivered`). */
   markDelivered(userId: string, keys: MessageKey[]): Promise<void>;
+  /**
+   * Marks one message as sent to a connection of each of `userIds` (`pending` →
+   * `delivered`): the live delivery of a message makes one such call, however
+   * many recipients it reached. Users the message is not addressed to are
+   * ignored. `userIds` is often the message's own recipient list, in its order.
+   */
+  markDeliveredTo(key: MessageKey, userIds: readonly string[]): Promise<void>;
   /**
    * Records the receipt of `userId` for the message (sender, id). Resolves false
    * when the store knows no such message addressed to `userId`; a store that
