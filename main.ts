@@ -22,6 +22,8 @@ import { createServer } from "./src/server.ts";
 import { hashPassword } from "./src/auth/password.ts";
 import { createLogger } from "./src/log.ts";
 import { ApiKeySchema } from "./src/config/schema.ts";
+import { zodMessage } from "./src/util/zod_message.ts";
+import { Deadline } from "./src/util/deadline.ts";
 
 const USAGE = `Usage:
   main.ts [--config FILE]        start the server (default ./config.yaml, or $IM_CONFIG)
@@ -53,8 +55,7 @@ export function parseApiKeys(text: string): { name: string; key: string }[] | st
     const name = colon < 0 ? "" : entry.slice(0, colon).trim();
     const parsed = ApiKeySchema.safeParse({ name, key: entry.slice(colon + 1).trim() });
     if (colon < 0 || !parsed.success) {
-      const why = colon < 0 ? "expected name:key" : parsed.error!.issues
-        .map((issue) => `${issue.path.join(".")} ${issue.message}`).join(", ");
+      const why = colon < 0 ? "expected name:key" : zodMessage(parsed.error!);
       return `Invalid IM_API_KEYS entry ${index + 1}${name ? ` ("${name}")` : ""}: ${why}`;
     }
     keys.push(parsed.data);
@@ -136,11 +137,13 @@ async function main(args: string[]): Promise<number> {
     stopping = true;
     const seconds = config.server.shutdownSeconds;
     logger.info("Shutting down", { signal, withinSeconds: seconds });
+    // One deadline for the server's stages and for this process.
+    const deadline = new Deadline(seconds * 1000);
     const timer = setTimeout(() => {
       logger.error(`Shutdown took longer than ${seconds} s (server.shutdownSeconds): forcing exit`);
       stopped.resolve(1);
-    }, seconds * 1000);
-    server.close().then(() => {
+    }, deadline.remaining());
+    server.close(deadline).then(() => {
       clearTimeout(timer);
       logger.info("Stopped");
       stopped.resolve(0);

@@ -1,6 +1,6 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { login, startServer, TEST_USERS, TestClient, wsSession } from "./_helpers.ts";
-import { RateLimiter } from "../src/ops/rate_limit.ts";
+import { RateLimiter } from "../src/core/rate_limit.ts";
 
 Deno.test("RateLimiter is a token bucket that asks to close after sustained abuse", async (t) => {
   let now = 0;

@@ -1,11 +1,9 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { startServer, TEST_API_KEY } from "./_helpers.ts";
 import { Router } from "../src/http/router.ts";
-import { addOpsRoutes } from "../src/http/ops_routes.ts";
+import { addHealthRoutes } from "../src/http/health_routes.ts";
 import { Metrics } from "../src/ops/metrics.ts";
-import { MemoryPresence } from "../src/backends/presence_memory.ts";
 import { createLogger } from "../src/log.ts";
-import type { DeliveryService } from "../src/core/delivery.ts";
 import type { MessageStore } from "../src/core/store.ts";
 
 /** Calls a route with an API key; returns the status and the parsed JSON body. */
@@ -271,26 +269,18 @@ Deno.test("GET /healthz and /readyz", async (t) => {
   });
 
   const routes = (store: Partial<MessageStore>, accepting: boolean) => {
-    const router = new Router();
-    addOpsRoutes(router, {
-      apiKeys: [],
-      delivery: {} as DeliveryService,
-      presence: new MemoryPresence(),
+    const router = new Router(createLogger({ write: () => {} }));
+    addHealthRoutes(router, {
       store: store as MessageStore,
       metrics: new Metrics(),
       logger: createLogger({ write: () => {} }),
-      maxUsers: 10,
       accepting: () => accepting,
       readyTimeoutMs: 20,
     });
     return router;
   };
   const readyz = async (router: Router) => {
-    const response = await router.handle(
-      new Request("http://x/readyz"),
-      "127.0.0.1",
-      createLogger({ write: () => {} }),
-    );
+    const response = await router.handle(new Request("http://x/readyz"), "127.0.0.1");
     return { status: response.status, body: await response.json() };
   };
 

@@ -187,7 +187,7 @@ Deno.test("start-up stops on a bad plugin set, naming the file(s) and the reason
     [
       "an export that does not fit",
       { "bad.ts": `export default { name: "bad", types: [7400] };` },
-      'Cannot load plugin "bad.ts": default export "handle" must be a function',
+      'Cannot load plugin "bad.ts": default export "handle" is not valid: must be a function',
     ],
     [
       "two plugins with one name",

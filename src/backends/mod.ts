@@ -49,3 +49,11 @@ export async function openBackends(config: Config, logger: Logger): Promise<Back
     presence: new MemoryPresence(),
   };
 }
+
+/** Closes every backend, in the order that lets in-flight work finish (broker first, store last). */
+export async function closeBackends(backends: Backends): Promise<void> {
+  await backends.broker.close();
+  await backends.sessions.close();
+  await backends.presence.close();
+  await backends.store.close();
+}

@@ -31,12 +31,23 @@ export class MemorySessionStore implements SessionStore {
     return Promise.resolve(id);
   }
 
-  redeem(sessionId: string): Promise<LoginSession | undefined> {
-    const entry = this.#entries.get(sessionId);
-    if (!entry) return Promise.resolve(undefined);
+  peek(sessionId: string): Promise<LoginSession | undefined> {
+    return Promise.resolve(this.#valid(sessionId));
+  }
+
+  redeem(sessionId: string, userId: string): Promise<LoginSession | undefined> {
+    const session = this.#valid(sessionId);
+    if (session?.userId !== userId) return Promise.resolve(undefined);
     this.#entries.delete(sessionId);
-    if (entry.expiresAt <= Date.now()) return Promise.resolve(undefined);
-    return Promise.resolve({ userId: entry.userId, clientName: entry.clientName });
+    return Promise.resolve(session);
+  }
+
+  #valid(sessionId: string): LoginSession | undefined {
+    const entry = this.#entries.get(sessionId);
+    if (!entry) return undefined;
+    if (entry.expiresAt > Date.now()) return { userId: entry.userId, clientName: entry.clientName };
+    this.#entries.delete(sessionId);
+    return undefined;
   }
 
   close(): Promise<void> {

@@ -10,6 +10,11 @@ import { closeRedis, guard, KEY_PREFIX, type RedisClient } from "./redis.ts";
 
 const PREFIX = `${KEY_PREFIX}session:`;
 
+/** Deletes the session only when it belongs to ARGV[1]; returns its value either way. */
+const REDEEM = `local v = redis.call("GET", KEYS[1])
+if v and cjson.decode(v)[1] == ARGV[1] then redis.call("DEL", KEYS[1]) end
+return v`;
+
 /**
  * Keeps each sessionId as a key with an expiry (`SET … EX`); redeeming reads
  * and deletes it in one command (`GETDEL`), so two instances racing for the
@@ -35,14 +40,26 @@ export class RedisSessionStore implements SessionStore {
     return id;
   }
 
-  async redeem(sessionId: string): Promise<LoginSession | undefined> {
-    const value = await guard("Session store", () => this.#client.getDel(PREFIX + sessionId));
-    if (typeof value !== "string") return undefined;
-    const [userId, clientName] = JSON.parse(value) as [string, string];
-    return { userId, clientName };
+  async peek(sessionId: string): Promise<LoginSession | undefined> {
+    return parse(await guard("Session store", () => this.#client.get(PREFIX + sessionId)));
+  }
+
+  async redeem(sessionId: string, userId: string): Promise<LoginSession | undefined> {
+    const value = await guard(
+      "Session store",
+      () => this.#client.eval(REDEEM, { keys: [PREFIX + sessionId], arguments: [userId] }),
+    );
+    const session = parse(value);
+    return session?.userId === userId ? session : undefined;
   }
 
   close(): Promise<void> {
     return closeRedis(this.#client);
   }
+}
+
+function parse(value: unknown): LoginSession | undefined {
+  if (typeof value !== "string") return undefined;
+  const [userId, clientName] = JSON.parse(value) as [string, string];
+  return { userId, clientName };
 }

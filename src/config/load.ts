@@ -7,6 +7,7 @@
 import type { z } from "zod";
 import YAML from "yaml";
 import { type Config, ConfigSchema } from "./schema.ts";
+import { issueMessage } from "../util/zod_message.ts";
 
 /** A configuration that cannot be used; the message names file, key path and reason. */
 export class ConfigError extends Error {
@@ -55,8 +56,7 @@ function describeIssue(issue: z.core.$ZodIssue): string {
       return `${at}: unknown key${hint ? ` (did you mean "${[...path, hint].join(".")}"?)` : ""}`;
     }).join("\n  ");
   }
-  const at = path.length ? path.join(".") : "(top level)";
-  return `${at}: ${issue.message}`;
+  return issueMessage(issue, { what: "Key" });
 }
 
 /** The keys the schema allows for the object at `path`. */

@@ -2,14 +2,15 @@
  * Delivery: accepts messages into the store, routes them through the broker to
  * the hub's connections, replays stored messages at register, and records
  * receipts. Every path that sends a stored frame to users goes through here
- * (client frames, the business API and plugins alike).
+ * (client frames, the business API and plugins alike). Kicks go straight to
+ * the broker and end in {@link Hub.kick}.
  *
  * @module
  */
-import type { Broker, Delivery as Routed, Kick, Origin } from "./broker.ts";
+import type { Broker, Delivery as Routed, Origin } from "./broker.ts";
 import type { Connection, Hub } from "./hub.ts";
 import type { MessageKey, MessageStore } from "./store.ts";
-import { SYSTEM } from "../protocol/codes.ts";
+import { CloseCode, SYSTEM } from "../protocol/codes.ts";
 import type { Logger } from "../log.ts";
 
 /** A message to accept and deliver. */
@@ -83,18 +84,13 @@ export class DeliveryService {
   start(): Promise<void> {
     return this.#broker.subscribe({
       deliver: (delivery) => this.#deliverHere(delivery),
-      kick: (kick) => this.#kickHere(kick),
+      kick: (kick) => this.#hub.kick(kick),
     });
   }
 
   /** How other instances know `conn`. */
   #origin(conn: Connection): Origin {
     return { instance: this.#instance, conn: conn.id };
-  }
-
-  /** Whether `origin` is `conn` (of this instance). */
-  #is(origin: Origin | undefined, conn: Connection): boolean {
-    return origin?.instance === this.#instance && origin.conn === conn.id;
   }
 
   /**
@@ -187,14 +183,13 @@ export class DeliveryService {
    * unacknowledged stored message, oldest first, before any live frame.
    */
   async register(conn: Connection, registered: () => void): Promise<void> {
-    const replaced = this.#hub.add(conn);
-    if (replaced) replaced.close(4001, "replaced");
+    const { REPLACED } = CloseCode;
+    this.#hub.add(conn)?.close(REPLACED.code, REPLACED.reason);
     // The same client may be registered on another instance too.
     await this.#broker.kick({
       userId: conn.userId,
       clientName: conn.clientName,
-      code: 4001,
-      reason: "replaced",
+      ...REPLACED,
       except: this.#origin(conn),
     });
     registered();
@@ -208,7 +203,7 @@ export class DeliveryService {
           bytes = 0;
           if (!await conn.drain()) break;
         }
-        this.#hub.replay(conn, message);
+        conn.replay(message);
         bytes += message.text.length;
         sent++;
       }
@@ -219,20 +214,7 @@ export class DeliveryService {
     } catch (error) {
       this.#logger.error("Replay of stored messages failed", { user: conn.userId, error });
     } finally {
-      this.#hub.endReplay(conn);
-    }
-  }
-
-  /** Closes connections on every instance (business API kick). */
-  kick(kick: Kick): Promise<void> {
-    return this.#broker.kick(kick);
-  }
-
-  #kickHere(kick: Kick): void {
-    for (const conn of [...this.#hub.connectionsOf(kick.userId)]) {
-      if (kick.clientName !== undefined && conn.clientName !== kick.clientName) continue;
-      if (this.#is(kick.except, conn)) continue;
-      conn.close(kick.code, kick.reason);
+      conn.endReplay();
     }
   }
 

@@ -1,11 +1,13 @@
 /**
- * The hub: the registered connections of this instance, by user and client.
- * It knows nothing of other instances (that is the broker's job) nor of the
- * WebSocket API (the transport adapts sockets to {@link Connection}).
+ * The hub: this instance's connections. It holds every open one (to close
+ * them all at shutdown) and the registered ones by user and client (to deliver
+ * frames and to kick). It knows nothing of other instances (that is the
+ * broker's job) nor of the WebSocket API (the transport adapts sockets).
  *
  * @module
  */
-import type { MessageKey } from "./store.ts";
+import type { Kick } from "./broker.ts";
+import type { MessageKey, StoredMessage } from "./store.ts";
 
 /** A registered connection, as the core sees it. */
 export interface Connection {
@@ -15,8 +17,16 @@ export interface Connection {
   readonly clientName: string;
   /** When it registered, ms since the epoch. */
   readonly since: number;
-  /** Sends one text frame; never throws. */
-  send(text: string): void;
+  /**
+   * Sends a live frame; never throws. While the connection replays its stored
+   * messages the frame waits until the replay ends, and is skipped when it
+   * carries a `stored` message the replay already sent.
+   */
+  deliver(text: string, stored?: MessageKey): void;
+  /** Sends a stored message during the replay. */
+  replay(message: StoredMessage): void;
+  /** Ends the replay: sends the live frames that waited. */
+  endReplay(): void;
   /** Closes the connection; never throws. */
   close(code: number, reason: string): void;
   /**
@@ -26,20 +36,24 @@ export interface Connection {
   drain(): Promise<boolean>;
 }
 
-/** Live frames held back while a connection replays its stored messages. */
-interface Replay {
-  buffer: { stored?: MessageKey; text: string }[];
-  /** `sender\0id` of every message the replay sent. */
-  replayed: Set<string>;
+/** An open connection, registered or not, as the hub sees it at shutdown. */
+export interface OpenConnection {
+  close(code: number, reason: string): void;
 }
 
-const keyOf = (key: MessageKey) => `${key.sender}\u0000${key.id}`;
-
-/** The registered connections of this instance. */
+/** The connections of this instance. */
 export class Hub {
   #users = new Map<string, Map<string, Connection>>();
-  #replays = new Map<number, Replay>();
   #count = 0;
+  #open = new Set<OpenConnection>();
+  /** Waiters of {@link closeAll}. */
+  #drained: (() => void)[] = [];
+  #instance: string;
+
+  /** `instance`: this instance's id, to recognise a kick's `except`. */
+  constructor(instance: string) {
+    this.#instance = instance;
+  }
 
   /** Number of registered connections. */
   get size(): number {
@@ -51,25 +65,46 @@ export class Hub {
     return this.#users.size;
   }
 
+  /** Number of open connections, registered or not. */
+  get openCount(): number {
+    return this.#open.size;
+  }
+
+  /** A connection opened. */
+  opened(conn: OpenConnection): void {
+    this.#open.add(conn);
+  }
+
+  /** A connection closed. */
+  closed(conn: OpenConnection): void {
+    if (!this.#open.delete(conn)) return;
+    if (this.#open.size === 0) { for (const resolve of this.#drained.splice(0)) resolve(); }
+  }
+
+  /** Closes every open connection; resolves once they have all closed. */
+  closeAll(code: number, reason: string): Promise<void> {
+    for (const conn of this.#open) conn.close(code, reason);
+    if (this.#open.size === 0) return Promise.resolve();
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#drained.push(resolve);
+    return promise;
+  }
+
   /**
-   * Adds a registered connection, in replay mode (see {@link endReplay}).
-   * Returns the connection it replaces (same user and clientName), if any;
-   * the caller closes it.
+   * Adds a registered connection. Returns the connection it replaces (same
+   * user and clientName), if any; the caller closes it.
    */
   add(conn: Connection): Connection | undefined {
     let clients = this.#users.get(conn.userId);
     if (!clients) this.#users.set(conn.userId, clients = new Map());
     const previous = clients.get(conn.clientName);
-    if (previous) this.#replays.delete(previous.id);
-    else this.#count++;
+    if (!previous) this.#count++;
     clients.set(conn.clientName, conn);
-    this.#replays.set(conn.id, { buffer: [], replayed: new Set() });
     return previous;
   }
 
   /** Removes a connection unless a newer one has replaced it. True when it was there. */
   remove(conn: Connection): boolean {
-    this.#replays.delete(conn.id);
     const clients = this.#users.get(conn.userId);
     if (clients?.get(conn.clientName) !== conn) return false;
     clients.delete(conn.clientName);
@@ -88,50 +123,29 @@ export class Hub {
     return this.#users.has(userId);
   }
 
-  /** Every user with a connection here. */
-  users(): Iterable<string> {
-    return this.#users.keys();
-  }
-
-  /** Every registered connection. */
-  *connections(): Iterable<Connection> {
-    for (const clients of this.#users.values()) yield* clients.values();
-  }
-
   /**
-   * Sends a frame to every connection of `userId` except `exceptId`. A
-   * connection still replaying stored messages gets it after the replay, unless
-   * the replay already carried the `stored` message. Returns how many
-   * connections were reached.
+   * Sends a frame to every connection of `userId` except `exceptId` (see
+   * {@link Connection.deliver}). Returns how many connections were reached.
    */
   deliver(userId: string, text: string, exceptId = -1, stored?: MessageKey): number {
     const clients = this.#users.get(userId);
     if (!clients) return 0;
     let reached = 0;
-    const replaying = this.#replays.size > 0;
     for (const conn of clients.values()) {
       if (conn.id === exceptId) continue;
-      const replay = replaying ? this.#replays.get(conn.id) : undefined;
-      if (replay) replay.buffer.push({ stored, text });
-      else conn.send(text);
+      conn.deliver(text, stored);
       reached++;
     }
     return reached;
   }
 
-  /** Sends a stored message during the replay of `conn` and remembers it. */
-  replay(conn: Connection, message: MessageKey & { text: string }): void {
-    this.#replays.get(conn.id)?.replayed.add(keyOf(message));
-    conn.send(message.text);
-  }
-
-  /** Ends the replay of `conn`: sends the live frames it held back, skipping replayed ones. */
-  endReplay(conn: Connection): void {
-    const replay = this.#replays.get(conn.id);
-    if (!replay) return;
-    this.#replays.delete(conn.id);
-    for (const { stored, text } of replay.buffer) {
-      if (!stored || !replay.replayed.has(keyOf(stored))) conn.send(text);
+  /** Closes the connections a kick names on this instance, sparing its `except`. */
+  kick(kick: Kick): void {
+    const spare = kick.except?.instance === this.#instance ? kick.except.conn : -1;
+    for (const conn of [...this.connectionsOf(kick.userId)]) {
+      if (kick.clientName !== undefined && conn.clientName !== kick.clientName) continue;
+      if (conn.id === spare) continue;
+      conn.close(kick.code, kick.reason);
     }
   }
 }

@@ -1,25 +1,30 @@
 /**
- * WebSocket login sessions: a sessionId is issued after HTTP login and
- * redeemed once by a 1000 register frame.
+ * One-time WebSocket sessionIds (PROTOCOL.md section 3): issued by the login
+ * routes, redeemed by a register. The in-memory store serves one instance; the
+ * Redis store serves several.
  *
  * @module
  */
 
-/** Who a sessionId was issued to. */
+/** What a sessionId stands for. */
 export interface LoginSession {
   userId: string;
   clientName: string;
 }
 
 /**
- * Issues and redeems sessionIds. Guarantees: an id is unguessable (≥ 128
- * random bits), redeemable once across every instance sharing the store, and
- * not after `ttlSeconds`.
+ * Issues and redeems sessionIds.
+ *
+ * Guarantees: a sessionId is redeemed at most once, and only by its own user
+ * (a register with another `from` leaves it usable: PROTOCOL.md section 10);
+ * it expires `auth.sessionTtlSeconds` after it was issued, redeemed or not.
  */
 export interface SessionStore {
-  /** A new sessionId for (userId, clientName). */
+  /** Issues a new sessionId (at least 128 random bits). */
   issue(session: LoginSession): Promise<string>;
-  /** The session, consumed; undefined when unknown, expired or already used. */
-  redeem(sessionId: string): Promise<LoginSession | undefined>;
+  /** What a valid sessionId stands for, without using it up. */
+  peek(sessionId: string): Promise<LoginSession | undefined>;
+  /** Uses up `sessionId` when it is valid and belongs to `userId`; undefined otherwise. */
+  redeem(sessionId: string, userId: string): Promise<LoginSession | undefined>;
   close(): Promise<void>;
 }

@@ -1,43 +1,42 @@
 /**
- * Routes for business backends (section 8), guarded by API keys.
+ * Routes under `/server`, for business backends (PROTOCOL.md section 8). The
+ * API-key middleware has checked the key before any of them runs.
+ *
+ * - `POST /server/messages` send as SYSTEM; `GET /server/messages` history
+ * - `GET|POST /server/presence` who is online
+ * - `POST /server/kick` close a user's connections (4003)
  *
  * @module
  */
 import { z } from "zod";
 import { HttpError, json } from "./errors.ts";
 import { readJson } from "./body.ts";
-import { bearer } from "./auth_routes.ts";
 import type { Router } from "./router.ts";
-import { timingSafeEqualText } from "../auth/compare.ts";
+import { historyPage, parseHistoryQuery } from "./history.ts";
 import type { DeliveryService } from "../core/delivery.ts";
-import { BUILT_IN_TYPES, DELIVERED_TYPES, MessageType, SYSTEM } from "../protocol/codes.ts";
-import { NoticeBodySchema, parseJsonBody } from "../protocol/frame.ts";
-import type { CustomTypes } from "../core/session.ts";
-import { randomId } from "../auth/base64.ts";
+import type { Broker } from "../core/broker.ts";
+import type { CustomTypes } from "../core/client_session.ts";
 import type { Presence } from "../core/presence.ts";
+import type { MessageStore } from "../core/store.ts";
+import { BUILT_IN_TYPES, CloseCode, DELIVERED_TYPES, SYSTEM } from "../protocol/codes.ts";
+import { bodyProblem, encodeSystemFrame } from "../protocol/frame.ts";
+import { ALL_ONLINE, parseRecipients } from "../protocol/recipients.ts";
+import { CLIENT_NAME, CLIENT_NAME_RULE } from "../protocol/names.ts";
+import { randomId } from "../auth/base64.ts";
 import type { Logger } from "../log.ts";
-
-/** A named API key. */
-export interface ApiKey {
-  name: string;
-  key: string;
-}
+import { zodMessage } from "../util/zod_message.ts";
 
 /** What the business routes need. */
 export interface ServerRouteDeps {
-  apiKeys: ApiKey[];
   delivery: DeliveryService;
+  broker: Broker;
   custom: CustomTypes;
+  presence: Presence;
+  store: MessageStore;
+  /** `limits.maxRecipients`: most users in one message or presence query. */
   maxRecipients: number;
-  /** Who is online, for `"to": "*"`; without it a broadcast is refused. */
-  presence?: Presence;
-  logger?: Logger;
-  /** Called for each request with a valid key (metrics). */
-  onRequest?(keyName: string, route: string): void;
+  logger: Logger;
 }
-
-/** The `to` of a message to every online user. */
-export const ALL_ONLINE = "*";
 
 const SendRequest = z.object({
   type: z.int(),
@@ -46,89 +45,120 @@ const SendRequest = z.object({
   id: z.string().min(1).max(256).optional(),
 });
 
-/** The name of the API key the request carries; 401 when it carries none that is valid. */
-export function requireApiKey(request: Request, keys: ApiKey[]): string {
-  const given = bearer(request);
-  if (given === undefined) throw new HttpError(401, "Missing API key (Authorization: Bearer …)");
-  let found: string | undefined;
-  // Compare against every key so timing does not tell which one nearly matched.
-  for (const { name, key } of keys) if (timingSafeEqualText(given, key)) found ??= name;
-  if (found === undefined) throw new HttpError(401, "Invalid API key");
-  return found;
+const KickRequest = z.strictObject({
+  userId: z.string().min(1).max(256),
+  clientName: z.string().regex(CLIENT_NAME, CLIENT_NAME_RULE).optional(),
+});
+
+const PresenceRequest = z.strictObject({
+  users: z.array(z.string().min(1).max(256)).min(1),
+});
+
+/** Parses a JSON body with `schema`; 400 naming the field that is wrong. */
+async function parseBody<T>(request: Request, schema: z.ZodType<T>): Promise<T> {
+  const parsed = schema.safeParse(await readJson(request));
+  if (!parsed.success) throw new HttpError(400, zodMessage(parsed.error));
+  return parsed.data;
 }
 
-/** Adds `POST /server/messages`. */
+/** Adds the `/server` routes. */
 export function addServerRoutes(router: Router, deps: ServerRouteDeps): void {
-  router.add("POST", "/server/messages", async (request) => {
-    const keyName = requireApiKey(request, deps.apiKeys);
-    deps.onRequest?.(keyName, "/server/messages");
-    const parsed = SendRequest.safeParse(await readJson(request));
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      throw new HttpError(400, `Field "${issue.path.join(".")}": ${issue.message}`);
-    }
-    const { type, to, id = randomId(16) } = parsed.data;
-    const body = typeof parsed.data.body === "string"
-      ? parsed.data.body
-      : JSON.stringify(parsed.data.body);
+  router.add("POST", "/server/messages", async (request, { apiKey }) => {
+    const parsed = await parseBody(request, SendRequest);
+    const { type, to, id = randomId(16) } = parsed;
+    const body = typeof parsed.body === "string" ? parsed.body : JSON.stringify(parsed.body);
     if (!DELIVERED_TYPES.has(type) && (BUILT_IN_TYPES.has(type) || !deps.custom.has(type))) {
       throw new HttpError(
         400,
         `Type ${type} cannot be sent: use 2001, 3001, 3003 or a plugin's type`,
       );
     }
-    if (
-      (type === MessageType.NOTICE || type === MessageType.TARGET_NOTICE) &&
-      !parseJsonBody(body, NoticeBodySchema)
-    ) throw new HttpError(400, "body must be a NoticeBody with non-empty title and msg");
-    if (type === MessageType.TEXT && body === "") throw new HttpError(400, "Text body is empty");
+    const problem = bodyProblem(type, body);
+    if (problem) throw new HttpError(400, problem);
     if (to === ALL_ONLINE) {
-      if (!deps.presence) throw new HttpError(400, 'Sending to "*" is not available');
       const online = (await deps.presence.onlineUsers()).filter((user) => user !== SYSTEM);
-      deps.logger?.info("Message to every online user", { key: keyName, id, users: online.length });
+      deps.logger.info("Message to every online user", { key: apiKey, id, users: online.length });
       if (online.length === 0) return json({ data: { id, duplicate: false, recipients: 0 } });
       const { duplicate } = await deps.delivery.send({
         sender: SYSTEM,
         id,
         type,
         recipients: online,
-        text: systemFrame(id, type, ALL_ONLINE, body),
+        text: encodeSystemFrame(id, type, ALL_ONLINE, body),
       });
       return json({ data: { id, duplicate, recipients: duplicate ? 0 : online.length } });
     }
-    const list = Array.isArray(to) ? to : to.split(",");
-    const recipients = [...new Set(list.map((user) => user.trim()))];
-    if (recipients.length === 0 || recipients.some((user) => user === "")) {
-      throw new HttpError(400, '"to" is empty or has an empty entry');
+    const recipients = parseRecipients(to, { max: deps.maxRecipients });
+    if (!recipients.ok) {
+      const list = Array.isArray(to) ? to : to.split(",");
+      throw new HttpError(
+        400,
+        list.some((user) => user.trim() === ALL_ONLINE)
+          ? '"*" must be the whole of "to" (every online user)'
+          : recipients.msg,
+      );
     }
-    if (recipients.includes(ALL_ONLINE)) {
-      throw new HttpError(400, '"*" must be the whole of "to" (every online user)');
-    }
-    if (recipients.includes(SYSTEM)) throw new HttpError(400, "SYSTEM cannot receive messages");
-    if (recipients.length > deps.maxRecipients) {
-      throw new HttpError(400, `"to" has more than ${deps.maxRecipients} recipients`);
-    }
-    deps.logger?.debug("Business message", { key: keyName, id, recipients: recipients.length });
-    const text = systemFrame(id, type, recipients.join(","), body);
+    const users = recipients.users;
+    deps.logger.debug("Business message", { key: apiKey, id, recipients: users.length });
     const { duplicate } = await deps.delivery.send({
       sender: SYSTEM,
       id,
       type,
-      recipients,
-      text,
+      recipients: users,
+      text: encodeSystemFrame(id, type, users.join(","), body),
     });
-    return json({ data: { id, duplicate, recipients: recipients.length } });
+    return json({ data: { id, duplicate, recipients: users.length } });
   });
-}
 
-function systemFrame(id: string, type: number, to: string, body: string): string {
-  return JSON.stringify({
-    id,
-    type,
-    isSystem: true,
-    from: SYSTEM,
-    to,
-    body,
-    timestamp: Date.now(),
+  router.add("GET", "/server/messages", (request) => {
+    const user = new URL(request.url).searchParams.get("user");
+    if (!user) throw new HttpError(400, 'Query "user" is required');
+    return historyPage(deps.store, user, parseHistoryQuery(request));
+  });
+
+  const presence = async (users: string[], apiKey?: string) => {
+    const unique = [...new Set(users)];
+    if (unique.length > deps.maxRecipients) {
+      throw new HttpError(400, `At most ${deps.maxRecipients} users per query`);
+    }
+    const found = await deps.presence.lookup(unique);
+    deps.logger.debug("Presence query", { key: apiKey, users: unique.length });
+    const data: Record<string, unknown> = {};
+    for (const userId of unique) {
+      const clients = found.get(userId) ?? [];
+      data[userId] = {
+        online: clients.length > 0,
+        clients: clients.map(({ clientName, since, instance }) => ({
+          clientName,
+          since,
+          instance,
+        })),
+      };
+    }
+    return json({ data });
+  };
+
+  router.add("GET", "/server/presence", (request, { apiKey }) => {
+    const param = new URL(request.url).searchParams.get("users");
+    const users = param?.split(",").map((user) => user.trim()).filter((user) => user !== "");
+    if (!users || users.length === 0) {
+      throw new HttpError(400, 'Query "users" is required: ?users=u1,u2');
+    }
+    return presence(users, apiKey);
+  });
+
+  router.add("POST", "/server/presence", async (request, { apiKey }) => {
+    return presence((await parseBody(request, PresenceRequest)).users, apiKey);
+  });
+
+  router.add("POST", "/server/kick", async (request, { apiKey }) => {
+    const { userId, clientName } = await parseBody(request, KickRequest);
+    const found = (await deps.presence.lookup([userId])).get(userId) ?? [];
+    const kicked = found.filter((entry) =>
+      clientName === undefined || entry.clientName === clientName
+    ).length;
+    await deps.broker.kick({ userId, clientName, ...CloseCode.KICKED });
+    deps.logger.info("Kick", { key: apiKey, userId, clientName, connections: kicked });
+    return json({ data: { userId, clientName, kicked } });
   });
 }

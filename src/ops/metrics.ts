@@ -9,6 +9,14 @@
 /** Distinct frame types given their own label in `im_frames_in_total`. */
 export const MAX_TYPE_LABELS = 64;
 
+/** The business API routes counted by name in `im_api_requests_total`. */
+const API_ROUTES = new Set([
+  "/server/messages",
+  "/server/presence",
+  "/server/kick",
+  "/server/plugins/reload",
+]);
+
 /** Label names and values of one series. */
 export type Labels = Record<string, string>;
 
@@ -260,6 +268,14 @@ export class Metrics {
   }
 
   /** A plugin handler threw. */
+  /**
+   * Counts a business API request under its key name and route; a path that
+   * is not a route is counted as `other`, so unknown paths cannot grow the series.
+   */
+  apiRequest(key: string, path: string): void {
+    this.apiRequests.inc({ key, route: API_ROUTES.has(path) ? path : "other" });
+  }
+
   pluginError(plugin: string): void {
     this.pluginErrors.inc({ plugin });
   }

@@ -1,7 +1,6 @@
 /**
- * Operations wiring: turns the core's hooks (session events, the delivery
- * observer, the transport's callbacks) into metrics, presence, webhooks and
- * log lines. The composition root calls {@link createOps} once and passes
+ * Operations wiring: turns the core's hooks (session events and the delivery
+ * observer) into metrics, presence, webhooks and log lines. The composition root calls {@link createOps} once and passes
  * what it returns to the parts.
  *
  * @module
@@ -10,7 +9,7 @@ import type { Config } from "../config/schema.ts";
 import type { Hub } from "../core/hub.ts";
 import type { Presence, PresenceEntry } from "../core/presence.ts";
 import type { MessageStore } from "../core/store.ts";
-import type { SessionEvents } from "../core/session.ts";
+import type { SessionEvents } from "../core/client_session.ts";
 import type { DeliveryObserver, Outgoing } from "../core/delivery.ts";
 import type { Connection } from "../core/hub.ts";
 import type { Logger } from "../log.ts";
@@ -27,23 +26,13 @@ export interface OpsDeps {
   logger: Logger;
 }
 
-/** Hooks for the WebSocket transport. */
-export interface TransportHooks {
-  onRejected(reason: string): void;
-  onOpenChange(delta: 1 | -1): void;
-  onRateLimited(): void;
-}
-
 /** The operations parts of one server. */
 export interface Ops {
   metrics: Metrics;
-  webhooks: Webhooks;
   /** For `SessionDeps.events`. */
   events: SessionEvents;
   /** For `DeliveryOptions.observer`. */
   observer: DeliveryObserver;
-  /** For the transport's options. */
-  transport: TransportHooks;
   /** Stops timers and sends what the webhook queues hold (one last attempt). */
   close(): Promise<void>;
 }
@@ -104,6 +93,11 @@ export function createOps(config: Config, deps: OpsDeps): Ops {
       activity.disconnected(conn.userId, hub.isOnline(conn.userId));
     },
     refused: (reason) => metrics.rejected(reason),
+    rateLimited: () => metrics.rateLimited.inc(),
+    openChanged(delta) {
+      open += delta;
+      metrics.connectionsOpen.set({}, open);
+    },
   };
 
   const observer: DeliveryObserver = {
@@ -135,17 +129,8 @@ export function createOps(config: Config, deps: OpsDeps): Ops {
 
   return {
     metrics,
-    webhooks,
     events,
     observer,
-    transport: {
-      onRejected: (reason) => metrics.rejected(reason),
-      onOpenChange(delta) {
-        open += delta;
-        metrics.connectionsOpen.set({}, open);
-      },
-      onRateLimited: () => metrics.rateLimited.inc(),
-    },
     async close() {
       activity.close();
       await webhooks.close();

@@ -7,6 +7,8 @@
  */
 import { z } from "zod";
 import type { Plugin } from "./types.ts";
+import { CLIENT_NAME, CLIENT_NAME_RULE } from "../protocol/names.ts";
+import { zodMessage } from "../util/zod_message.ts";
 
 /** A plugin and the file it came from. */
 export interface LoadedPlugin {
@@ -44,10 +46,7 @@ const fn = z.custom<(...args: unknown[]) => unknown>((v) => typeof v === "functi
 });
 
 const PluginShape = z.looseObject({
-  name: z.string().regex(
-    /^[A-Za-z0-9_.-]{1,64}$/,
-    "must be 1 to 64 characters of A-Z a-z 0-9 _ . -",
-  ),
+  name: z.string().regex(CLIENT_NAME, CLIENT_NAME_RULE),
   types: z.array(z.int().min(0).max(2 ** 31 - 1)).min(1, "must list at least one type"),
   handle: fn,
   init: fn.optional(),
@@ -71,11 +70,8 @@ export function validatePlugin(file: string, module: Record<string, unknown>): P
   }
   const parsed = PluginShape.safeParse(module.default);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const field = issue.path.length ? `"${issue.path.join(".")}" ` : "";
-    throw new PluginError(
-      `Cannot load plugin "${file}": default export ${field}${issue.message}, write: ${EXAMPLE}`,
-    );
+    const reason = zodMessage(parsed.error, { what: "default export" });
+    throw new PluginError(`Cannot load plugin "${file}": ${reason}, write: ${EXAMPLE}`);
   }
   return module.default as Plugin<unknown>;
 }

@@ -6,10 +6,13 @@
  * @module
  */
 import { BUILT_IN_TYPES, MessageType, StatusCode, statusName, SYSTEM } from "../protocol/codes.ts";
-import type { Message } from "../protocol/frame.ts";
+import { encodeFrame, type Message } from "../protocol/frame.ts";
+import { parseRecipients } from "../protocol/recipients.ts";
 import type { Connection } from "../core/hub.ts";
 import type { DeliveryService } from "../core/delivery.ts";
-import type { CustomTypes, Status } from "../core/session.ts";
+import type { CustomTypes, Status } from "../core/client_session.ts";
+import { TimeoutError, withTimeout } from "../util/deadline.ts";
+import { zodMessage } from "../util/zod_message.ts";
 import type { Logger } from "../log.ts";
 import { randomId } from "../auth/base64.ts";
 import { closest } from "../config/load.ts";
@@ -29,6 +32,8 @@ export interface PluginRuntime {
   logger: Logger;
   /** Milliseconds a handler may take. */
   timeoutMs: number;
+  /** `limits.maxRecipients`, for `ctx.send`. */
+  maxRecipients: number;
   /** `plugins.config`: sections by plugin name. */
   config: Record<string, unknown>;
   observer?: PluginObserver;
@@ -46,15 +51,6 @@ const NOT_SENDABLE = new Set<number>([
   MessageType.SEND_STATUS,
   MessageType.RECEIPT,
 ]);
-
-function recipientsOf(to: string | readonly string[]): string[] {
-  const list = typeof to === "string" ? to.split(",") : [...to];
-  const users = [...new Set(list.map((user) => user.trim()))];
-  if (users.length === 0 || users.some((user) => user === "" || user === SYSTEM)) {
-    throw new Error(`"to" must list userIds: ${JSON.stringify(to)}`);
-  }
-  return users;
-}
 
 /** Plugins by type; implements the session's {@link CustomTypes}. */
 export class PluginRegistry implements CustomTypes {
@@ -124,20 +120,11 @@ export class PluginRegistry implements CustomTypes {
     return registry;
   }
 
-  /** Names and types of the loaded plugins. */
-  get plugins(): { name: string; file: string; types: readonly number[] }[] {
-    return this.#entries.map(({ file, plugin }) => ({
-      name: plugin.name,
-      file,
-      types: plugin.types,
-    }));
-  }
-
   has(type: number): boolean {
     return this.#byType.has(type);
   }
 
-  async handle(message: Message, _raw: string, sender: Connection): Promise<Status> {
+  async handle(message: Message, sender: Connection): Promise<Status> {
     const entry = this.#byType.get(message.type);
     if (!entry) return { code: StatusCode.TYPE_ERROR, msg: `Unknown type ${message.type}` };
     const { plugin, logger } = entry;
@@ -148,15 +135,6 @@ export class PluginRegistry implements CustomTypes {
       sender: { userId: sender.userId, clientName: sender.clientName },
       signal: controller.signal,
     };
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timedOut = new Promise<Status>((resolve) => {
-      timer = setTimeout(() => {
-        controller.abort(new Error("Plugin timed out"));
-        observer?.timeout?.(plugin.name);
-        logger.warn("Handler timed out", { id: message.id, type: message.type, timeoutMs });
-        resolve({ code: StatusCode.FAILED, msg: `Plugin "${plugin.name}" timed out` });
-      }, timeoutMs);
-    });
     const run = (async (): Promise<Status> => {
       const result = await plugin.handle(message, ctx);
       if (result === undefined || result === null) return { code: StatusCode.SUCCESS };
@@ -164,16 +142,20 @@ export class PluginRegistry implements CustomTypes {
         throw new Error(`handle() returned ${JSON.stringify(result)}, not a status`);
       }
       return { code: result.code, msg: result.msg };
-    })().catch((error) => {
+    })();
+    try {
+      return await withTimeout(run, timeoutMs, `Plugin "${plugin.name}" timed out`);
+    } catch (error) {
+      if (error instanceof TimeoutError) {
+        controller.abort(error);
+        observer?.timeout?.(plugin.name);
+        logger.warn("Handler timed out", { id: message.id, type: message.type, timeoutMs });
+        return { code: StatusCode.FAILED, msg: error.message };
+      }
       observer?.error?.(plugin.name);
       logger.error("Handler threw", { id: message.id, type: message.type, error });
       const msg = error instanceof Error ? error.message : String(error);
       return { code: StatusCode.FAILED, msg: msg || "Plugin failed" };
-    });
-    try {
-      return await Promise.race([run, timedOut]);
-    } finally {
-      clearTimeout(timer);
     }
   }
 
@@ -215,26 +197,28 @@ export class PluginRegistry implements CustomTypes {
     config: unknown,
     sender?: Connection,
   ): PluginBaseContext<unknown> {
-    const { delivery, isOnline } = this.#runtime;
+    const { delivery, isOnline, maxRecipients } = this.#runtime;
     return {
       config,
       logger,
       isOnline,
       async send(frame: PluginSend): Promise<SendResult> {
         if (NOT_SENDABLE.has(frame.type)) throw new Error(`Plugins cannot send type ${frame.type}`);
-        const recipients = recipientsOf(frame.to);
+        const parsed = parseRecipients(frame.to, { max: maxRecipients });
+        if (!parsed.ok) {
+          throw new Error(`Cannot send to ${JSON.stringify(frame.to)}: ${parsed.msg}`);
+        }
+        const recipients = parsed.users;
         const id = frame.id ?? randomId(16);
         const system = frame.asSystem === true || !sender;
         const from = system ? SYSTEM : sender.userId;
-        const body = typeof frame.body === "string" ? frame.body : JSON.stringify(frame.body);
-        const text = JSON.stringify({
+        const text = encodeFrame({
           id,
           type: frame.type,
           isSystem: system,
           from,
           to: frame.toField ?? recipients.join(","),
-          body,
-          timestamp: Date.now(),
+          body: typeof frame.body === "string" ? frame.body : JSON.stringify(frame.body),
         });
         const { duplicate } = await delivery.send(
           { sender: from, id, type: frame.type, recipients, text, store: frame.store !== false },
@@ -251,7 +235,9 @@ function pluginConfig(file: string, plugin: Plugin<unknown>, all: Record<string,
   if (!plugin.configSchema) return section;
   const parsed = plugin.configSchema.safeParse(section ?? {});
   if (parsed.success) return parsed.data;
-  const issue = parsed.error.issues[0];
-  const path = ["plugins", "config", plugin.name, ...issue.path.map(String)].join(".");
-  throw new PluginError(`Invalid config for plugin "${file}": ${path}: ${issue.message}`);
+  const reason = zodMessage(parsed.error, {
+    what: "Key",
+    prefix: ["plugins", "config", plugin.name],
+  });
+  throw new PluginError(`Invalid config for plugin "${file}": ${reason}`);
 }

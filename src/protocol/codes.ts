@@ -21,9 +21,6 @@ export const MessageType = {
   RECEIPT: 9101,
 } as const;
 
-/** One of the built-in type codes. */
-export type BuiltInType = typeof MessageType[keyof typeof MessageType];
-
 /** Every type code the server handles itself; plugins may not claim these. */
 export const BUILT_IN_TYPES: ReadonlySet<number> = new Set(Object.values(MessageType));
 
@@ -64,3 +61,30 @@ export function statusName(code: number): StatusName | undefined {
 
 /** The `from` value of frames sent by the server or by business backends. */
 export const SYSTEM = "SYSTEM";
+
+/**
+ * WebSocket close codes the server sends, with their reasons. Every close the
+ * server makes uses one of these; docs/CLIENT.md says what a client does on each.
+ */
+export const CloseCode = {
+  /** The server is shutting down (or a ping went unanswered). */
+  GOING_AWAY: { code: 1001, reason: "going away" },
+  /** No register within `websocket.registerTimeoutSeconds`. */
+  REGISTER_TIMEOUT: { code: 1008, reason: "register timeout" },
+  /** Over its rate limit for `limits.rateLimit.closeAfterSeconds`. */
+  RATE_LIMIT: { code: 1008, reason: "rate limit exceeded" },
+  /** A frame larger than `limits.maxFrameBytes`. */
+  TOO_LARGE: { code: 1009, reason: "frame too large" },
+  /** More than `limits.maxBufferedBytes` waiting to be sent to it. */
+  SLOW_CONSUMER: { code: 1013, reason: "slow consumer" },
+  /** A newer register of the same (userId, clientName). */
+  REPLACED: { code: 4001, reason: "replaced" },
+  /** Kicked by the business API (`POST /server/kick`). */
+  KICKED: { code: 4003, reason: "kicked" },
+} as const;
+
+/** A close code with its reason. */
+export interface Close {
+  readonly code: number;
+  readonly reason: string;
+}

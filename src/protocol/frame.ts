@@ -6,6 +6,7 @@
  */
 import { z } from "zod";
 import { MessageType, type StatusName, statusName, SYSTEM } from "./codes.ts";
+import { zodMessage } from "../util/zod_message.ts";
 
 /** One frame of the wire protocol, as sent and received. */
 export interface Message {
@@ -73,7 +74,7 @@ export type DecodeResult =
 
 /**
  * The hot-path form of {@link MessageSchema}: the same rules without building
- * a copy or issues. `tests/frame_test.ts` checks that the two always agree.
+ * a copy or issues. `src/protocol/frame_test.ts` checks that the two always agree.
  */
 function isEnvelope(v: Record<string, unknown>): boolean {
   const ts = v.timestamp;
@@ -106,31 +107,11 @@ export function decodeFrame(text: string): DecodeResult {
   const parsed = MessageSchema.safeParse(value);
   if (!parsed.success) {
     const rawId = (value as { id?: unknown }).id;
-    const issue = parsed.error.issues[0];
-    const field = issue.path.join(".");
-    const what = issue.code === "invalid_type" && issue.input === undefined
-      ? "is missing"
-      : `is not valid: ${issue.message}`;
-    return {
-      ok: false,
-      id: typeof rawId === "string" ? rawId : "",
-      msg: `Field "${field}" ${what}`,
-    };
+    return { ok: false, id: typeof rawId === "string" ? rawId : "", msg: zodMessage(parsed.error) };
   }
   const message = parsed.data as Message;
   if (message.timestamp === null) delete message.timestamp;
   return { ok: true, message, raw: text };
-}
-
-/**
- * Splits a `to` field into user ids. Returns undefined when it is empty or has
- * an empty entry.
- */
-export function splitRecipients(to: string): string[] | undefined {
-  if (to === "") return undefined;
-  const list = to.split(",");
-  for (const entry of list) if (entry === "") return undefined;
-  return list.length === 1 ? list : [...new Set(list)];
 }
 
 /** Parses a JSON body with a schema; returns undefined when it does not fit. */
@@ -188,4 +169,60 @@ export function deliveryText(message: Message, raw: string): string {
   if (message.timestamp !== undefined && message.timestamp !== null) return raw;
   message.timestamp = Date.now();
   return JSON.stringify(message);
+}
+
+/**
+ * Why a body is not valid for its built-in type (the 404 BODY_ERROR check),
+ * or undefined when it is (or the type is not built in: plugins check theirs).
+ */
+export function bodyProblem(type: number, body: string): string | undefined {
+  switch (type) {
+    case MessageType.TEXT:
+      return body === "" ? "Text body is empty" : undefined;
+    case MessageType.NOTICE:
+    case MessageType.TARGET_NOTICE:
+      return parseJsonBody(body, NoticeBodySchema)
+        ? undefined
+        : "Body must be the JSON string of a NoticeBody with non-empty title and msg";
+    case MessageType.RECEIPT:
+      return parseJsonBody(body, StatusBodySchema)
+        ? undefined
+        : "Body must be the JSON string of a StatusBody {code, status, msg}";
+    case MessageType.REGISTER:
+      return parseJsonBody(body, RegisterBodySchema)
+        ? undefined
+        : 'Body must be the JSON string of {"sessionId": "…"}';
+    default:
+      return undefined;
+  }
+}
+
+/** A frame the server builds (business API, plugins): every field set, one key order. */
+export interface OutgoingFrame {
+  id: string;
+  type: number;
+  isSystem: boolean;
+  from: string;
+  to: string;
+  body: string;
+  /** Defaults to now. */
+  timestamp?: number;
+}
+
+/** Encodes a frame the server builds; callers never hand-build frame JSON. */
+export function encodeFrame(frame: OutgoingFrame): string {
+  return JSON.stringify({
+    id: frame.id,
+    type: frame.type,
+    isSystem: frame.isSystem,
+    from: frame.from,
+    to: frame.to,
+    body: frame.body,
+    timestamp: frame.timestamp ?? Date.now(),
+  });
+}
+
+/** Encodes a frame sent by the system (`isSystem: true`, `from: "SYSTEM"`). */
+export function encodeSystemFrame(id: string, type: number, to: string, body: string): string {
+  return encodeFrame({ id, type, isSystem: true, from: SYSTEM, to, body });
 }

@@ -1,5 +1,12 @@
 /**
- * Login routes (section 2) and WebSocket login routes (section 3).
+ * Routes under `/app` (APP callers, `token` header) and `/api` (back-office
+ * pages, session cookie): login (PROTOCOL.md section 2), WebSocket login
+ * (section 3) and conversation history. Both prefixes have the same routes and
+ * differ only in where the credential is read.
+ *
+ * - `POST /app/login`, `POST /api/login`
+ * - `GET /{app,api}/websocket/client/login/{clientName}`
+ * - `GET /{app,api}/messages?with=u2&before=CURSOR&limit=50`
  *
  * @module
  */
@@ -7,15 +14,20 @@ import { z } from "zod";
 import { HttpError, json } from "./errors.ts";
 import { readFields } from "./body.ts";
 import type { Router } from "./router.ts";
+import { requireUser } from "./credentials.ts";
+import { historyPage, parseHistoryQuery } from "./history.ts";
 import type { TokenService } from "../auth/tokens.ts";
 import type { UserDirectory } from "../auth/users.ts";
 import type { SessionStore } from "../core/sessions.ts";
+import type { MessageStore } from "../core/store.ts";
+import { CLIENT_NAME, CLIENT_NAME_RULE } from "../protocol/names.ts";
 
-/** What the auth routes need. */
-export interface AuthRouteDeps {
+/** What the client routes need. */
+export interface ClientRouteDeps {
   users: UserDirectory;
   tokens: TokenService;
   sessions: SessionStore;
+  store: MessageStore;
   cookieName: string;
   tokenTtlSeconds: number;
 }
@@ -25,54 +37,8 @@ const Credentials = z.object({
   password: z.string().min(1),
 });
 
-const CLIENT_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
-
-/** The bearer token of `Authorization: Bearer …`, if any. */
-export function bearer(request: Request): string | undefined {
-  const header = request.headers.get("authorization");
-  const match = header?.match(/^Bearer\s+(\S+)$/i);
-  return match?.[1];
-}
-
-function cookie(request: Request, name: string): string | undefined {
-  const header = request.headers.get("cookie");
-  if (!header) return undefined;
-  for (const part of header.split(";")) {
-    const [key, ...rest] = part.trim().split("=");
-    if (key === name) return decodeURIComponent(rest.join("="));
-  }
-  return undefined;
-}
-
-/** Where a route reads its credential: APP routes or back-office (`/api`) routes. */
-export type CredentialKind = "app" | "api";
-
-/** The credential of a request: a `token` header (APP) or the cookie (api), else a Bearer. */
-export function credentialOf(
-  request: Request,
-  kind: CredentialKind,
-  cookieName: string,
-): string | undefined {
-  const own = kind === "app"
-    ? request.headers.get("token") ?? undefined
-    : cookie(request, cookieName);
-  return own ?? bearer(request);
-}
-
-/** The userId of a request's credential; 401 when it has none that is valid. */
-export async function requireUser(
-  request: Request,
-  kind: CredentialKind,
-  deps: { tokens: TokenService; cookieName: string },
-): Promise<string> {
-  const token = credentialOf(request, kind, deps.cookieName);
-  const userId = token ? await deps.tokens.verify(token) : undefined;
-  if (!userId) throw new HttpError(401, "Log in first: missing or invalid credential");
-  return userId;
-}
-
-/** Adds the login and WebSocket login routes. */
-export function addAuthRoutes(router: Router, deps: AuthRouteDeps): void {
+/** Adds the `/app` and `/api` routes. */
+export function addClientRoutes(router: Router, deps: ClientRouteDeps): void {
   const login = async (request: Request) => {
     const parsed = Credentials.safeParse(await readFields(request));
     if (!parsed.success) throw new HttpError(400, "username and password are required");
@@ -105,11 +71,14 @@ export function addAuthRoutes(router: Router, deps: AuthRouteDeps): void {
   for (const kind of ["api", "app"] as const) {
     router.add("GET", `/${kind}/websocket/client/login/:clientName(.*)`, async (request, ctx) => {
       const clientName = ctx.params.clientName ?? "";
-      if (!CLIENT_NAME.test(clientName)) {
-        throw new HttpError(400, "clientName must be 1 to 64 characters of A-Z a-z 0-9 _ . -");
-      }
+      if (!CLIENT_NAME.test(clientName)) throw new HttpError(400, `clientName ${CLIENT_NAME_RULE}`);
       const userId = await requireUser(request, kind, deps);
       return json({ data: await deps.sessions.issue({ userId, clientName }) });
+    });
+
+    router.add("GET", `/${kind}/messages`, async (request) => {
+      const userId = await requireUser(request, kind, deps);
+      return historyPage(deps.store, userId, parseHistoryQuery(request));
     });
   }
 }

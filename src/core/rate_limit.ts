@@ -87,14 +87,11 @@ export class RateLimiter {
 /** How much larger the receipt allowance is than the frame limit. */
 export const RECEIPT_ALLOWANCE = 10;
 
-const RECEIPT_TYPE = /"type"\s*:\s*9101(?![\d.eE])/;
-
 /**
  * The rate limit of one connection. Receipts (9101) that find the bucket
  * empty draw on a second allowance {@link RECEIPT_ALLOWANCE} times larger, so
- * a client can acknowledge a replay of many stored messages at once. The frame
- * is inspected only on that slow path (a cheap pattern on the raw text, which
- * a body cannot fool: its quotes are escaped).
+ * a client can acknowledge a replay of many stored messages at once. Whether a
+ * frame is a receipt comes from its parsed `type`, never from its raw text.
  */
 export class ConnectionRateLimit {
   #frames: RateLimiter;
@@ -109,10 +106,10 @@ export class ConnectionRateLimit {
     });
   }
 
-  /** The verdict for one raw frame. */
-  take(text: string): RateVerdict {
+  /** The verdict for one frame; `receipt`: its parsed type is 9101. */
+  take(receipt: boolean): RateVerdict {
     if (this.#frames.tryTake()) return "ok";
-    if (RECEIPT_TYPE.test(text) && this.#receipts.tryTake()) return "ok";
+    if (receipt && this.#receipts.tryTake()) return "ok";
     return this.#frames.refuse();
   }
 }

@@ -1,0 +1,94 @@
+/**
+ * The route table: which handler answers which URL, and the middleware in
+ * front of them. A route's code lives in the file named by its prefix:
+ * `/app` and `/api` in `http/client_routes.ts`, `/server` in
+ * `http/server_routes.ts`, health in `http/health_routes.ts`, the WebSocket
+ * in `http/websocket_route.ts`, and `/` (the console) in `console/serve.ts`.
+ *
+ * @module
+ */
+import type { Config } from "../config/schema.ts";
+import type { Logger } from "../log.ts";
+import type { Backends } from "../backends/mod.ts";
+import type { Core } from "./core.ts";
+import { Router } from "../http/router.ts";
+import { apiKeys, cors, shutdownGate } from "../http/middleware.ts";
+import { Cors } from "../http/cors.ts";
+import type { ApiKey } from "../http/credentials.ts";
+import { addClientRoutes } from "../http/client_routes.ts";
+import { addServerRoutes } from "../http/server_routes.ts";
+import { addHealthRoutes, HEALTH_PATHS } from "../http/health_routes.ts";
+import { websocketRoute } from "../http/websocket_route.ts";
+import { consoleHandler } from "../console/serve.ts";
+import type { TokenService } from "../auth/tokens.ts";
+import type { UserDirectory } from "../auth/users.ts";
+
+/** Who logs in: the user directory and the token service. */
+export interface Auth {
+  users: UserDirectory;
+  tokens: TokenService;
+}
+
+/** The WebSocket path of `websocket.context`, with one leading slash. */
+export function websocketPath(config: Config): string {
+  return `/${config.websocket.context.replace(/^\/+/, "")}`;
+}
+
+/** The API keys of `server.apiKey` and `server.apiKeys`. */
+function keysOf(config: Config): ApiKey[] {
+  const keys = [...config.server.apiKeys];
+  if (config.server.apiKey) keys.push({ name: "default", key: config.server.apiKey });
+  return keys;
+}
+
+/** Every route of the server, behind its middleware. */
+export function buildRoutes(
+  config: Config,
+  core: Core,
+  backends: Backends,
+  auth: Auth,
+  logger: Logger,
+): Router {
+  const { ops, gate } = core;
+  const api = logger.child("api");
+  const router = new Router(logger.child("http"))
+    .use("/", cors(new Cors(config.server.corsOrigins)))
+    .use("/", shutdownGate(() => gate.accepting, HEALTH_PATHS))
+    .use("/server/", apiKeys(keysOf(config), (key, route) => ops.metrics.apiRequest(key, route)));
+
+  router.add(
+    "GET",
+    websocketPath(config),
+    websocketRoute({
+      session: core.session,
+      allowedOrigins: config.websocket.allowedOrigins,
+      maxConnectionsPerIp: config.limits.maxConnectionsPerIp,
+      idleTimeoutSeconds: config.websocket.idleTimeoutSeconds,
+    }),
+  );
+  addClientRoutes(router, {
+    ...auth,
+    sessions: backends.sessions,
+    store: backends.store,
+    cookieName: config.auth.cookieName,
+    tokenTtlSeconds: config.auth.tokenTtlSeconds,
+  });
+  addServerRoutes(router, {
+    delivery: core.delivery,
+    broker: backends.broker,
+    custom: core.plugins,
+    presence: backends.presence,
+    store: backends.store,
+    maxRecipients: config.limits.maxRecipients,
+    logger: api,
+  });
+  addHealthRoutes(router, {
+    store: backends.store,
+    metrics: ops.metrics,
+    logger: api,
+    metricsKey: config.server.metricsKey,
+    accepting: () => gate.accepting,
+  });
+  if (config.server.console) router.fallback(consoleHandler());
+  return router;
+}
