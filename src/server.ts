@@ -15,7 +15,7 @@ import { randomId } from "./auth/base64.ts";
 import { loadPlugins } from "./plugins/loader.ts";
 import type { Metrics } from "./ops/metrics.ts";
 import { wireCore } from "./server/core.ts";
-import { type Auth, buildRoutes, websocketPath } from "./server/routes.ts";
+import { type Auth, buildMetricsRoutes, buildRoutes, websocketPath } from "./server/routes.ts";
 import { serve } from "./server/serve.ts";
 import { shutdown } from "./server/shutdown.ts";
 import { Deadline } from "./util/deadline.ts";
@@ -86,10 +86,15 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const backends = await openBackends(config, logger);
   try {
     const core = await wireCore(config, logger, backends, loaded);
-    const listener = await serve(config, buildRoutes(config, core, backends, auth, logger), logger);
+    const listener = await serve(config, {
+      main: buildRoutes(config, core, backends, auth, logger),
+      metrics: buildMetricsRoutes(config, core, backends, logger),
+      onRefused: (reason) => core.ops.metrics.rejected(reason),
+    }, logger);
     const host = new URL(listener.url).host;
     logger.info(`listening on ${listener.url}`, {
       websocket: `ws://${host}${websocketPath(config)}`,
+      ...(listener.metricsUrl ? { metrics: `${listener.metricsUrl}/metrics` } : {}),
     });
     const sweeper = setInterval(() => {
       backends.store.sweep(Date.now()).catch((error) =>

@@ -135,5 +135,7 @@ const median = (xs: number[]) => {
 const keys = Object.keys(rows[modes[0]] ?? {});
 console.log(["figure", ...modes].join(" | "));
 for (const key of keys) {
-  console.log([key, ...modes.map((m) => Math.round(median(rows[m][key] ?? []) * 10) / 10)].join(" | "));
+  console.log(
+    [key, ...modes.map((m) => Math.round(median(rows[m][key] ?? []) * 10) / 10)].join(" | "),
+  );
 }

@@ -15,7 +15,8 @@
 import http from "node:http";
 import net from "node:net";
 import type { Buffer } from "node:buffer";
-import { WebSocketServer } from "npm:ws@8";
+// @ts-types="npm:@types/ws@8"
+import { WebSocketServer } from "ws";
 
 const OK_BODY = JSON.stringify(JSON.stringify({ code: 200, status: "SUCCESS", msg: "ok" }));
 const SESSION_BODY = JSON.stringify(
@@ -95,8 +96,7 @@ const mode = flag("mode", "deno");
 const hostname = "127.0.0.1";
 const port = Number(flag("port", "0"));
 const maxPayload = Number(flag("max-payload", String(64 * 1024)));
-const listening = (p: number) =>
-  console.log(`${mode} relay listening on http://${hostname}:${p}`);
+const listening = (p: number) => console.log(`${mode} relay listening on http://${hostname}:${p}`);
 
 function acceptDeno(socket: WebSocket) {
   const peer: Peer = {

@@ -25,6 +25,8 @@ export interface HealthRouteDeps {
   metricsKey?: string;
   /** False once shutdown began. */
   accepting(): boolean;
+  /** Whether to serve `/metrics` (not on the main port when `server.metricsAddress` is set). @default true */
+  serveMetrics?: boolean;
   /** Milliseconds the storage check of `/readyz` may take. @default 2000 */
   readyTimeoutMs?: number;
 }
@@ -50,6 +52,7 @@ export function addHealthRoutes(router: Router, deps: HealthRouteDeps): void {
     return json({ data: "ready" });
   });
 
+  if (deps.serveMetrics === false) return;
   router.add("GET", "/metrics", async (request) => {
     if (deps.metricsKey !== undefined) requireKey(request, deps.metricsKey, "metrics key");
     return new Response(await deps.metrics.render(), {

@@ -20,6 +20,7 @@ import { addServerRoutes } from "../http/server_routes.ts";
 import { addHealthRoutes, HEALTH_PATHS } from "../http/health_routes.ts";
 import { websocketRoute } from "../http/websocket_route.ts";
 import { consoleHandler } from "../console/serve.ts";
+import { loginOrigin } from "../http/login_origin.ts";
 import type { TokenService } from "../auth/tokens.ts";
 import type { UserDirectory } from "../auth/users.ts";
 
@@ -54,7 +55,9 @@ export function buildRoutes(
   const router = new Router(logger.child("http"))
     .use("/", cors(new Cors(config.server.corsOrigins)))
     .use("/", shutdownGate(() => gate.accepting, HEALTH_PATHS))
-    .use("/server/", apiKeys(keysOf(config), (key, route) => ops.metrics.apiRequest(key, route)));
+    .use("/server/", apiKeys(keysOf(config), (key, route) => ops.metrics.apiRequest(key, route)))
+    .use("/app/login", loginOrigin(config.server.corsOrigins))
+    .use("/api/login", loginOrigin(config.server.corsOrigins));
 
   router.add(
     "GET",
@@ -64,6 +67,7 @@ export function buildRoutes(
       allowedOrigins: config.websocket.allowedOrigins,
       maxConnectionsPerIp: config.limits.maxConnectionsPerIp,
       idleTimeoutSeconds: config.websocket.idleTimeoutSeconds,
+      maxFrameBytes: config.limits.maxFrameBytes,
     }),
   );
   addClientRoutes(router, {
@@ -87,8 +91,28 @@ export function buildRoutes(
     metrics: ops.metrics,
     logger: api,
     metricsKey: config.server.metricsKey,
+    serveMetrics: config.server.metricsAddress === undefined,
     accepting: () => gate.accepting,
   });
   if (config.server.console) router.fallback(consoleHandler());
+  return router;
+}
+
+/** The routes of `server.metricsAddress` (health and metrics only); none when it is not set. */
+export function buildMetricsRoutes(
+  config: Config,
+  core: Core,
+  backends: Backends,
+  logger: Logger,
+): Router | undefined {
+  if (config.server.metricsAddress === undefined) return undefined;
+  const router = new Router(logger.child("metrics"));
+  addHealthRoutes(router, {
+    store: backends.store,
+    metrics: core.ops.metrics,
+    logger: logger.child("api"),
+    metricsKey: config.server.metricsKey,
+    accepting: () => core.gate.accepting,
+  });
   return router;
 }
