@@ -14,7 +14,7 @@ import { UserDirectory } from "./auth/users.ts";
 import { randomId } from "./auth/base64.ts";
 import { loadPlugins } from "./plugins/loader.ts";
 import type { Metrics } from "./ops/metrics.ts";
-import { wireCore } from "./server/core.ts";
+import { type Core, wireCore } from "./server/core.ts";
 import { type Auth, buildMetricsRoutes, buildRoutes, websocketPath } from "./server/routes.ts";
 import { serve } from "./server/serve.ts";
 import { shutdown } from "./server/shutdown.ts";
@@ -84,12 +84,13 @@ export async function createServer(config: Config, options: ServerOptions = {}):
     optional: config.plugins.dir === "./plugins",
   });
   const backends = await openBackends(config, logger);
+  let core: Core | undefined;
   try {
-    const core = await wireCore(config, logger, backends, loaded);
+    const wired = core = await wireCore(config, logger, backends, loaded);
     const listener = await serve(config, {
-      main: buildRoutes(config, core, backends, auth, logger),
-      metrics: buildMetricsRoutes(config, core, backends, logger),
-      onRefused: (reason) => core.ops.metrics.rejected(reason),
+      main: buildRoutes(config, wired, backends, auth, logger),
+      metrics: buildMetricsRoutes(config, wired, backends, logger),
+      onRefused: (reason) => wired.ops.metrics.rejected(reason),
     }, logger);
     const host = new URL(listener.url).host;
     logger.info(`listening on ${listener.url}`, {
@@ -112,6 +113,10 @@ export async function createServer(config: Config, options: ServerOptions = {}):
       },
     };
   } catch (error) {
+    if (core) {
+      await core.plugins.close();
+      await core.ops.close();
+    }
     await closeBackends(backends);
     throw error;
   }

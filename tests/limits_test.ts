@@ -91,6 +91,17 @@ Deno.test("per-connection rate limit: 400 over the limit, 1008 after sustained a
     const codes = [];
     for (const id of sneaky) codes.push((await alice.reply(id)).code);
     assert(codes.includes(400), JSON.stringify(codes));
+    // Nor does an extra top-level field that says 9101: the limit reads the parsed type.
+    const meta = Array.from({ length: 5 }, () => alice.nextId());
+    for (const id of meta) {
+      alice.sendRaw(
+        `{"id":"${id}","type":2001,"meta":{"type":9101},"isSystem":false,"from":"u1",` +
+          `"to":"u2","body":"x"}`,
+      );
+    }
+    const metaCodes = [];
+    for (const id of meta) metaCodes.push((await alice.reply(id)).code);
+    assert(metaCodes.every((code) => code === 400), JSON.stringify(metaCodes));
     bob.drain();
   });
 

@@ -292,6 +292,15 @@ Deno.test("example plugins work end to end", async (t) => {
     assertEquals(body.u9, { online: false, lastSeen: null });
   });
 
+  await t.step("last-seen keeps each server's state apart", async () => {
+    await using other = await startServer({ plugins: { dir: EXAMPLES } });
+    const dave = await other.connect("bob");
+    assertEquals((await dave.request(frame("u2", 5201, "u1", "?", "q-2"))).code, 200);
+    const answer = await dave.next((f) => f.type === 5202);
+    assertEquals(JSON.parse(answer.body).u1, { online: false, lastSeen: null });
+    await dave.close();
+  });
+
   await t.step("echo sends the body back as a system frame", async () => {
     assertEquals((await alice.request(frame("u1", 5999, "u1", "ping", "e-1"))).code, 200);
     const got = await alice.next((f) => f.type === 5999);

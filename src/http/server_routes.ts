@@ -63,94 +63,23 @@ async function parseBody<T>(request: Request, schema: z.ZodType<T>): Promise<T> 
 
 /** Adds the `/server` routes. */
 export function addServerRoutes(router: Router, deps: ServerRouteDeps): void {
-  router.add("POST", "/server/messages", async (request, { apiKey }) => {
-    const parsed = await parseBody(request, SendRequest);
-    const { type, to, id = randomId(16) } = parsed;
-    const body = typeof parsed.body === "string" ? parsed.body : JSON.stringify(parsed.body);
-    if (!DELIVERED_TYPES.has(type) && (BUILT_IN_TYPES.has(type) || !deps.custom.has(type))) {
-      throw new HttpError(
-        400,
-        `Type ${type} cannot be sent: use 2001, 3001, 3003 or a plugin's type`,
-      );
-    }
-    const problem = bodyProblem(type, body);
-    if (problem) throw new HttpError(400, problem);
-    if (to === ALL_ONLINE) {
-      const online = (await deps.presence.onlineUsers()).filter((user) => user !== SYSTEM);
-      deps.logger.info("Message to every online user", { key: apiKey, id, users: online.length });
-      if (online.length === 0) return json({ data: { id, duplicate: false, recipients: 0 } });
-      const { duplicate } = await deps.delivery.send({
-        sender: SYSTEM,
-        id,
-        type,
-        recipients: online,
-        text: encodeSystemFrame(id, type, ALL_ONLINE, body),
-      });
-      return json({ data: { id, duplicate, recipients: duplicate ? 0 : online.length } });
-    }
-    const recipients = parseRecipients(to, { max: deps.maxRecipients });
-    if (!recipients.ok) {
-      const list = Array.isArray(to) ? to : to.split(",");
-      throw new HttpError(
-        400,
-        list.some((user) => user.trim() === ALL_ONLINE)
-          ? '"*" must be the whole of "to" (every online user)'
-          : recipients.msg,
-      );
-    }
-    const users = recipients.users;
-    deps.logger.debug("Business message", { key: apiKey, id, recipients: users.length });
-    const { duplicate } = await deps.delivery.send({
-      sender: SYSTEM,
-      id,
-      type,
-      recipients: users,
-      text: encodeSystemFrame(id, type, users.join(","), body),
-    });
-    return json({ data: { id, duplicate, recipients: users.length } });
-  });
-
+  router.add("POST", "/server/messages", (request, { apiKey }) => send(deps, request, apiKey));
   router.add("GET", "/server/messages", (request) => {
     const user = new URL(request.url).searchParams.get("user");
     if (!user) throw new HttpError(400, 'Query "user" is required');
     return historyPage(deps.store, user, parseHistoryQuery(request));
   });
-
-  const presence = async (users: string[], apiKey?: string) => {
-    const unique = [...new Set(users)];
-    if (unique.length > deps.maxRecipients) {
-      throw new HttpError(400, `At most ${deps.maxRecipients} users per query`);
-    }
-    const found = await deps.presence.lookup(unique);
-    deps.logger.debug("Presence query", { key: apiKey, users: unique.length });
-    const data: Record<string, unknown> = {};
-    for (const userId of unique) {
-      const clients = found.get(userId) ?? [];
-      data[userId] = {
-        online: clients.length > 0,
-        clients: clients.map(({ clientName, since, instance }) => ({
-          clientName,
-          since,
-          instance,
-        })),
-      };
-    }
-    return json({ data });
-  };
-
   router.add("GET", "/server/presence", (request, { apiKey }) => {
     const param = new URL(request.url).searchParams.get("users");
     const users = param?.split(",").map((user) => user.trim()).filter((user) => user !== "");
     if (!users || users.length === 0) {
       throw new HttpError(400, 'Query "users" is required: ?users=u1,u2');
     }
-    return presence(users, apiKey);
+    return presence(deps, users, apiKey);
   });
-
   router.add("POST", "/server/presence", async (request, { apiKey }) => {
-    return presence((await parseBody(request, PresenceRequest)).users, apiKey);
+    return presence(deps, (await parseBody(request, PresenceRequest)).users, apiKey);
   });
-
   router.add("POST", "/server/kick", async (request, { apiKey }) => {
     const { userId, clientName } = await parseBody(request, KickRequest);
     const found = (await deps.presence.lookup([userId])).get(userId) ?? [];
@@ -161,4 +90,73 @@ export function addServerRoutes(router: Router, deps: ServerRouteDeps): void {
     deps.logger.info("Kick", { key: apiKey, userId, clientName, connections: kicked });
     return json({ data: { userId, clientName, kicked } });
   });
+}
+
+/** `POST /server/messages`: checks the message, then sends it as SYSTEM. */
+async function send(deps: ServerRouteDeps, request: Request, apiKey?: string): Promise<Response> {
+  const parsed = await parseBody(request, SendRequest);
+  const { type, to, id = randomId(16) } = parsed;
+  const body = typeof parsed.body === "string" ? parsed.body : JSON.stringify(parsed.body);
+  if (!DELIVERED_TYPES.has(type) && (BUILT_IN_TYPES.has(type) || !deps.custom.has(type))) {
+    throw new HttpError(
+      400,
+      `Type ${type} cannot be sent: use 2001, 3001, 3003 or a plugin's type`,
+    );
+  }
+  const problem = bodyProblem(type, body);
+  if (problem) throw new HttpError(400, problem);
+  let users: string[];
+  if (to === ALL_ONLINE) {
+    users = (await deps.presence.onlineUsers()).filter((user) => user !== SYSTEM);
+    deps.logger.info("Message to every online user", { key: apiKey, id, users: users.length });
+    if (users.length === 0) return json({ data: { id, duplicate: false, recipients: 0 } });
+  } else {
+    users = recipientsOf(to, deps.maxRecipients);
+    deps.logger.debug("Business message", { key: apiKey, id, recipients: users.length });
+  }
+  const text = encodeSystemFrame(id, type, to === ALL_ONLINE ? ALL_ONLINE : users.join(","), body);
+  const { duplicate } = await deps.delivery.send({
+    sender: SYSTEM,
+    id,
+    type,
+    recipients: users,
+    text,
+  });
+  return json({ data: { id, duplicate, recipients: duplicate ? 0 : users.length } });
+}
+
+/** The recipients of a business message; 400 with the reason when `to` is refused. */
+function recipientsOf(to: string | string[], max: number): string[] {
+  const recipients = parseRecipients(to, { max });
+  if (recipients.ok) return recipients.users;
+  const list = Array.isArray(to) ? to : to.split(",");
+  throw new HttpError(
+    400,
+    list.some((user) => user.trim() === ALL_ONLINE)
+      ? '"*" must be the whole of "to" (every online user)'
+      : recipients.msg,
+  );
+}
+
+/** `GET|POST /server/presence`: the clients of each user, on every instance. */
+async function presence(
+  deps: ServerRouteDeps,
+  users: string[],
+  apiKey?: string,
+): Promise<Response> {
+  const unique = [...new Set(users)];
+  if (unique.length > deps.maxRecipients) {
+    throw new HttpError(400, `At most ${deps.maxRecipients} users per query`);
+  }
+  const found = await deps.presence.lookup(unique);
+  deps.logger.debug("Presence query", { key: apiKey, users: unique.length });
+  const data: Record<string, unknown> = {};
+  for (const userId of unique) {
+    const clients = found.get(userId) ?? [];
+    data[userId] = {
+      online: clients.length > 0,
+      clients: clients.map(({ clientName, since, instance }) => ({ clientName, since, instance })),
+    };
+  }
+  return json({ data });
 }

@@ -55,8 +55,49 @@ export function createOps(config: Config, deps: OpsDeps): Ops {
     emit: (type, data) => webhooks.emit(type, data),
     logger: logger.child("webhooks"),
   });
+  addGauges(metrics, hub, store, webhooks);
   const connLogger = logger.child("conn");
+  const warn = (what: string) => (error: unknown) => logger.warn(what, { error });
   let open = 0;
+  const events: SessionEvents = {
+    answered: (type, code) => metrics.frameAnswered(type, code),
+    registered(conn) {
+      connLogger.info("Registered", { userId: conn.userId, clientName: conn.clientName });
+      presence.add(entryOf(conn, instanceId)).catch(warn("Presence add failed"));
+      activity.registered(conn.userId, conn.clientName);
+    },
+    disconnected(conn) {
+      connLogger.info("Disconnected", { userId: conn.userId, clientName: conn.clientName });
+      presence.remove(entryOf(conn, instanceId)).catch(warn("Presence remove failed"));
+      activity.disconnected(conn.userId, hub.isOnline(conn.userId));
+    },
+    refused: (reason) => metrics.rejected(reason),
+    rateLimited: () => metrics.rateLimited.inc(),
+    openChanged(delta) {
+      open += delta;
+      metrics.connectionsOpen.set({}, open);
+    },
+  };
+  const observer: DeliveryObserver = {
+    sent: (count, acceptedAt) => metrics.framesSent(count, acceptedAt),
+  };
+  // Only when a webhook wants it: the delivery path then skips its per-recipient online check.
+  if (webhooks.wants("message.offline")) {
+    observer.storedForOffline = offlineWebhook(presence, webhooks, warn);
+  }
+  return {
+    metrics,
+    events,
+    observer,
+    async close() {
+      activity.close();
+      await webhooks.close();
+    },
+  };
+}
+
+/** The gauges read at scrape time. */
+function addGauges(metrics: Metrics, hub: Hub, store: MessageStore, webhooks: Webhooks): void {
   metrics.addGauge({
     name: "im_connections_registered",
     help: "Registered connections on this instance.",
@@ -77,63 +118,32 @@ export function createOps(config: Config, deps: OpsDeps): Ops {
     help: "Webhook events waiting to be sent, over every webhook.",
     read: () => webhooks.queued,
   });
+}
 
-  const warn = (what: string) => (error: unknown) => logger.warn(what, { error });
-
-  const events: SessionEvents = {
-    answered: (type, code) => metrics.frameAnswered(type, code),
-    registered(conn) {
-      connLogger.info("Registered", { userId: conn.userId, clientName: conn.clientName });
-      presence.add(entryOf(conn, instanceId)).catch(warn("Presence add failed"));
-      activity.registered(conn.userId, conn.clientName);
-    },
-    disconnected(conn) {
-      connLogger.info("Disconnected", { userId: conn.userId, clientName: conn.clientName });
-      presence.remove(entryOf(conn, instanceId)).catch(warn("Presence remove failed"));
-      activity.disconnected(conn.userId, hub.isOnline(conn.userId));
-    },
-    refused: (reason) => metrics.rejected(reason),
-    rateLimited: () => metrics.rateLimited.inc(),
-    openChanged(delta) {
-      open += delta;
-      metrics.connectionsOpen.set({}, open);
-    },
-  };
-
-  const observer: DeliveryObserver = {
-    sent: (count, acceptedAt) => metrics.framesSent(count, acceptedAt),
-  };
-  // Only when a webhook wants it: the delivery path then skips its per-recipient online check.
-  if (webhooks.wants("message.offline")) {
-    observer.storedForOffline = (userIds: string[], message: Outgoing) => {
-      // In the background: the hub said offline here; the presence knows every instance.
-      presence.lookup(userIds).then((found) => {
-        const offline = userIds.filter((user) => !found.has(user));
-        if (offline.length === 0) return;
-        let frame: unknown;
-        try {
-          frame = JSON.parse(message.text);
-        } catch {
-          frame = undefined;
-        }
-        webhooks.emit("message.offline", {
-          userIds: offline,
-          from: message.sender,
-          messageId: message.id,
-          messageType: message.type,
-          frame,
-        });
-      }).catch(warn("Presence lookup for message.offline failed"));
-    };
-  }
-
-  return {
-    metrics,
-    events,
-    observer,
-    async close() {
-      activity.close();
-      await webhooks.close();
-    },
+/** The `message.offline` webhook: recipients offline on every instance, found in the background. */
+function offlineWebhook(
+  presence: Presence,
+  webhooks: Webhooks,
+  warn: (what: string) => (error: unknown) => void,
+): (userIds: string[], message: Outgoing) => void {
+  return (userIds, message) => {
+    // The hub said offline here; the presence knows every instance.
+    presence.lookup(userIds).then((found) => {
+      const offline = userIds.filter((user) => !found.has(user));
+      if (offline.length === 0) return;
+      let frame: unknown;
+      try {
+        frame = JSON.parse(message.text);
+      } catch {
+        frame = undefined;
+      }
+      webhooks.emit("message.offline", {
+        userIds: offline,
+        from: message.sender,
+        messageId: message.id,
+        messageType: message.type,
+        frame,
+      });
+    }).catch(warn("Presence lookup for message.offline failed"));
   };
 }

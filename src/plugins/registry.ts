@@ -91,7 +91,10 @@ export class PluginRegistry implements CustomTypes {
         file,
         plugin,
         logger,
-        base: registry.#context(logger, pluginConfig(file, plugin, runtime.config)),
+        base: registry.#context(
+          { logger, state: new Map() },
+          pluginConfig(file, plugin, runtime.config),
+        ),
       };
       for (const type of plugin.types) {
         if (BUILT_IN_TYPES.has(type)) {
@@ -131,7 +134,7 @@ export class PluginRegistry implements CustomTypes {
     const { observer, timeoutMs } = this.#runtime;
     const controller = new AbortController();
     const ctx = {
-      ...this.#context(logger, entry.base.config, sender),
+      ...this.#context(entry.base, entry.base.config, sender),
       sender: { userId: sender.userId, clientName: sender.clientName },
       signal: controller.signal,
     };
@@ -193,7 +196,7 @@ export class PluginRegistry implements CustomTypes {
   }
 
   #context(
-    logger: Logger,
+    { logger, state }: { logger: Logger; state: Map<string, unknown> },
     config: unknown,
     sender?: Connection,
   ): PluginBaseContext<unknown> {
@@ -202,6 +205,7 @@ export class PluginRegistry implements CustomTypes {
       config,
       logger,
       isOnline,
+      state,
       async send(frame: PluginSend): Promise<SendResult> {
         if (NOT_SENDABLE.has(frame.type)) throw new Error(`Plugins cannot send type ${frame.type}`);
         const parsed = parseRecipients(frame.to, { max: maxRecipients });

@@ -63,6 +63,12 @@ export interface PluginBaseContext<C> {
   send(frame: PluginSend): Promise<SendResult>;
   /** Whether a user has a registered connection. */
   isOnline(userId: string): Promise<boolean>;
+  /**
+   * The plugin's state on this server: the same Map in `init`, `handle` and the
+   * hooks, a separate one for every server (keep state here, not in module
+   * variables, which every server in the process would share).
+   */
+  state: Map<string, unknown>;
 }
 
 /** The context of {@link Plugin.handle}. */

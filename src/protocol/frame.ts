@@ -197,20 +197,11 @@ export function bodyProblem(type: number, body: string): string | undefined {
   }
 }
 
-/** A frame the server builds (business API, plugins): every field set, one key order. */
-export interface OutgoingFrame {
-  id: string;
-  type: number;
-  isSystem: boolean;
-  from: string;
-  to: string;
-  body: string;
-  /** Defaults to now. */
-  timestamp?: number;
-}
-
-/** Encodes a frame the server builds; callers never hand-build frame JSON. */
-export function encodeFrame(frame: OutgoingFrame): string {
+/**
+ * Encodes a frame the server builds (business API, plugins) with every field
+ * in one order, `timestamp` defaulting to now; callers never hand-build frame JSON.
+ */
+export function encodeFrame(frame: Message): string {
   return JSON.stringify({
     id: frame.id,
     type: frame.type,
