@@ -128,7 +128,11 @@ export async function listen(options: FrontDoorOptions): Promise<FrontDoor> {
     );
   });
 
+  // Deno's node:http may report one bad request twice: answer and log it once.
+  const refused = new WeakSet<Duplex>();
   server.on("clientError", (error: Error & { code?: string }, socket: Duplex) => {
+    if (refused.has(socket)) return;
+    refused.add(socket);
     const tooLarge = error.code === "HPE_HEADER_OVERFLOW";
     refuse(options.logs, "bad_http", error.message, (socket as Socket).remoteAddress ?? "");
     if (!socket.writable) return socket.destroy();
