@@ -7,8 +7,11 @@
  * of `--min-semi-space-size` is committed at the first burst of traffic of any kind, and stays).
  * `--root DIR` attacks the server of another checkout (for before/after figures).
  *
+ * `--rounds N` repeats the measured attack N times (each with its 15 s of recovery), to tell memory
+ * the process keeps for reuse (a plateau) from a leak (growth every round).
+ *
  * Usage: `deno run -A bench/transport/attack_server.ts [--seconds 8] [--sockets 30] [--warmup 2]
- * [--root DIR]`
+ * [--rounds 1] [--root DIR]`
  *
  * @module
  */
@@ -37,14 +40,16 @@ try {
     });
     console.log(JSON.stringify({ warmup: true, ...first }));
   }
-  const result = await fragmentAttack({
-    port,
-    path: "/websocket",
-    pid: server.pid,
-    sockets: Number(flag("sockets", "30")),
-    seconds: Number(flag("seconds", "8")),
-  });
-  console.log(JSON.stringify(result));
+  for (let round = 1; round <= Number(flag("rounds", "1")); round++) {
+    const result = await fragmentAttack({
+      port,
+      path: "/websocket",
+      pid: server.pid,
+      sockets: Number(flag("sockets", "30")),
+      seconds: Number(flag("seconds", "8")),
+    });
+    console.log(JSON.stringify({ round, ...result }));
+  }
 } finally {
   await server.stop();
 }
