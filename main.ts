@@ -9,7 +9,8 @@
  *
  * Environment: `IM_CONFIG` (config path), `IM_HOST` and `IM_PORT` (override
  * `websocket.url` and `websocket.port`), `IM_API_KEYS` (`name1:key1,name2:key2`,
- * added to `server.apiKeys`).
+ * added to `server.apiKeys`), `LOG_TOKENS` and `LOG_STREAM` (read by the YAML
+ * parser: debug output). `--help` lists them.
  *
  * SIGINT or SIGTERM stops the server gracefully and exits 0; when that takes
  * longer than `server.shutdownSeconds`, it exits 1. A second signal exits 1 at once.
@@ -27,7 +28,17 @@ import { Deadline } from "./src/util/deadline.ts";
 
 const USAGE = `Usage:
   main.ts [--config FILE]        start the server (default ./config.yaml, or $IM_CONFIG)
-  main.ts hash-password [PASS]   print a password hash (reads stdin when PASS is absent)`;
+  main.ts hash-password [PASS]   print a password hash (reads stdin when PASS is absent)
+
+Environment:
+  IM_CONFIG     config file when --config is absent (default ./config.yaml)
+  IM_PORT       port to listen on, instead of websocket.port (0 picks a free one)
+  IM_HOST       address to bind, instead of websocket.url
+  IM_API_KEYS   API keys added to server.apiKeys: name1:key1,name2:key2
+  LOG_TOKENS, LOG_STREAM
+                debug output of the YAML parser while it reads the config file
+
+Every config key and its default: docs/CONFIG.md`;
 
 async function readPassword(): Promise<string> {
   if (Deno.stdin.isTerminal()) {
@@ -122,6 +133,16 @@ async function main(args: string[]): Promise<number> {
   try {
     server = await createServer(config, { logger });
   } catch (error) {
+    if (error instanceof Deno.errors.AddrInUse) {
+      const { url, port } = config.websocket;
+      console.error(
+        `Cannot start: port ${port} on ${url} is already in use (another server, or a ` +
+          `'deno task start' still running?): stop it, or choose another port with ` +
+          `IM_PORT=${port === 65535 ? 8082 : port + 1} or websocket.port in the config file ` +
+          `(${path}, another one with --config FILE or IM_CONFIG)`,
+      );
+      return 1;
+    }
     console.error(`Cannot start: ${error instanceof Error ? error.message : error}`);
     return 1;
   }

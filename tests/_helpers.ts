@@ -7,6 +7,7 @@ import { parseConfig } from "../src/config/load.ts";
 import type { ConfigInput } from "../src/config/schema.ts";
 import { createServer, type ImServer } from "../src/server.ts";
 import { createLogger, type LogLevel } from "../src/log.ts";
+import YAML from "yaml";
 
 /** Users every test server knows: alice/u1, bob/u2, carol/u3. */
 export const TEST_USERS = [
@@ -110,6 +111,23 @@ export async function startServer(patch: DeepPartial<ConfigInput> = {}): Promise
   };
 }
 
+/**
+ * The shipped config.yaml, written to a temporary file with its storage moved
+ * to a temporary directory: a `deno task start` running in this checkout holds
+ * `./data` and port 8081, and a test must not touch either.
+ */
+export async function shippedConfig(
+  patch: (config: Record<string, Record<string, unknown>>) => void = () => {},
+) {
+  const dir = await Deno.makeTempDir({ prefix: "im-main-test-" });
+  const config = YAML.parse(await Deno.readTextFile(new URL("../config.yaml", import.meta.url)));
+  config.storage = { ...config.storage, dir: `${dir}/data` };
+  patch(config);
+  const path = `${dir}/config.yaml`;
+  await Deno.writeTextFile(path, YAML.stringify(config));
+  return { path, dir, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
+}
+
 /** A server process's output, read by {@link untilListening}. */
 export interface ProcessOutput {
   /** The URL of its `listening on http://…` line; rejects if the output ends first. */
@@ -121,9 +139,11 @@ export interface ProcessOutput {
 }
 
 /**
- * Reads a server process's streams (stdout, and stderr if given) until its
- * `listening on` line, and keeps draining them afterwards so the child never
- * blocks on a full pipe.
+ * Reads a server process's streams until its `listening on` line, and keeps
+ * draining them afterwards so the child never blocks on a full pipe. Pass
+ * stderr as well as stdout: when the process exits before listening, the
+ * rejection carries everything it printed, so a failing test shows why (a
+ * locked storage directory, a busy port, a bad config).
  */
 export function untilListening(...streams: ReadableStream<Uint8Array>[]): ProcessOutput {
   let out = "";

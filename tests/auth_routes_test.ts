@@ -1,5 +1,6 @@
 import { assert, assertEquals } from "./_assert.ts";
-import { login, startServer, TEST_USERS } from "./_helpers.ts";
+import { login, startServer, TEST_USERS, testConfig } from "./_helpers.ts";
+import { ConfigError } from "../src/config/load.ts";
 import { SignJWT } from "jose";
 
 const post = (url: string, body: unknown, headers: Record<string, string> = {}) =>
@@ -41,6 +42,24 @@ Deno.test("login routes", async (t) => {
     const response = await fetch(`${url}/app/login`, { method: "POST", body: "{nope" });
     assertEquals(response.status, 400);
     assertEquals(await response.json(), { code: 400, msg: "Body is not valid JSON" });
+  });
+
+  await t.step("JSON sent as a form (curl -d without a content type) logs in", async () => {
+    for (const route of ["/app/login", "/api/login"]) {
+      const response = await fetch(`${url}${route}`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+        body: ' {"username":"alice","password":"alice-pw"}',
+      });
+      assertEquals(response.status, 200, route);
+      assertEquals((await response.json()).data.userId, "u1");
+    }
+    const broken = await fetch(`${url}/app/login`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: '{"username":"alice"',
+    });
+    assertEquals(await broken.json(), { code: 400, msg: "Body is not valid JSON" });
   });
 
   await t.step("POST /api/login takes a form and sets an HttpOnly cookie", async () => {
@@ -148,4 +167,98 @@ Deno.test("hashed passwords from hash-password log in", async () => {
   assertEquals(bad.status, 401);
   await bad.body?.cancel();
   assert(!srv.logs.some((l) => l.line.includes("plain text")));
+});
+
+Deno.test("the session cookie's SameSite and Secure follow auth.cookieSameSite and auth.cookieSecure", async (t) => {
+  const cookieOf = async (url: string, headers: Record<string, string> = {}) => {
+    const response = await post(
+      `${url}/api/login`,
+      { username: "bob", password: "bob-pw" },
+      headers,
+    );
+    assertEquals(response.status, 200);
+    await response.body?.cancel();
+    return (response.headers.get("set-cookie") ?? "").split("; ").slice(1);
+  };
+
+  await t.step("default: Lax, Secure only when the request came over HTTPS", async () => {
+    await using srv = await startServer();
+    const plain = await cookieOf(srv.url);
+    assert(plain.includes("SameSite=Lax") && !plain.includes("Secure"), plain.join("; "));
+    const proxied = await cookieOf(srv.url, { "x-forwarded-proto": "https" });
+    assert(proxied.includes("Secure"), proxied.join("; "));
+  });
+
+  await t.step("strict, and Secure turned off behind a TLS proxy", async () => {
+    await using srv = await startServer({
+      auth: { cookieSameSite: "strict", cookieSecure: false },
+    });
+    const attributes = await cookieOf(srv.url, { "x-forwarded-proto": "https" });
+    assert(attributes.includes("SameSite=Strict"), attributes.join("; "));
+    assert(!attributes.includes("Secure"), attributes.join("; "));
+  });
+
+  await t.step("none with Secure: the cookie a page of another site can send", async () => {
+    await using srv = await startServer({
+      auth: { cookieSameSite: "none", cookieSecure: true },
+      server: { corsOrigins: ["https://backoffice.example"] },
+    });
+    const response = await post(`${srv.url}/api/login`, { username: "bob", password: "bob-pw" });
+    const cookie = response.headers.get("set-cookie") ?? "";
+    await response.body?.cancel();
+    const attributes = cookie.split("; ").slice(1);
+    assert(attributes.includes("SameSite=None") && attributes.includes("Secure"), cookie);
+    // What the browser then sends from the other site: the cookie and its Origin.
+    const session = await fetch(`${srv.url}/api/websocket/client/login/backoffice`, {
+      headers: { cookie: cookie.split(";")[0], origin: "https://backoffice.example" },
+    });
+    assertEquals(session.status, 200);
+    assertEquals(session.headers.get("access-control-allow-origin"), "https://backoffice.example");
+    assertEquals(session.headers.get("access-control-allow-credentials"), "true");
+    await session.body?.cancel();
+  });
+
+  await t.step("none without cookieSecure: true is a config error", () => {
+    for (
+      const auth of [{ cookieSameSite: "none" }, { cookieSameSite: "none", cookieSecure: false }]
+    ) {
+      const error = assertThrows(() => testConfig({ auth } as never));
+      assert(error instanceof ConfigError, String(error));
+      assert(
+        error.message.includes("auth.cookieSameSite") &&
+          error.message.includes("none needs auth.cookieSecure: true"),
+        error.message,
+      );
+    }
+  });
+});
+
+function assertThrows(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (error) {
+    return error;
+  }
+  throw new Error("Expected an exception");
+}
+
+Deno.test("a logged-in user asks who is online with GET /app/presence", async () => {
+  await using srv = await startServer();
+  await srv.connect("alice");
+  const token = await login(srv.url, "bob", "bob-pw");
+  const get = async (query: string, headers: Record<string, string> = { token }) => {
+    const response = await fetch(`${srv.url}/app/presence${query}`, { headers });
+    return { status: response.status, body: await response.json() };
+  };
+  const answer = await get("?users=u1,%20u3,u1");
+  assertEquals(answer.status, 200);
+  assertEquals(answer.body, { data: { u1: { online: true }, u3: { online: false } } });
+  const cookie = await fetch(`${srv.url}/api/presence?users=u1`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  assertEquals((await cookie.json()).data.u1.online, true);
+  assertEquals((await get("?users=u1", {})).status, 401);
+  assertEquals((await get("")).body, { code: 400, msg: 'Query "users" is required: ?users=u2,u3' });
+  const many = Array.from({ length: 501 }, (_, i) => `x${i}`).join(",");
+  assertEquals((await get(`?users=${many}`)).status, 400);
 });

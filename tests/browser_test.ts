@@ -10,7 +10,7 @@
 import { deepStrictEqual, ok } from "node:assert/strict";
 import { chromium, type Page } from "playwright-core";
 import { consoleHandler } from "../src/console/serve.ts";
-import { startServer } from "./_helpers.ts";
+import { startServer, TEST_API_KEY } from "./_helpers.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 const SCREENSHOT = new URL("../docs/console.png", import.meta.url);
@@ -190,6 +190,22 @@ Deno.test({
       await alice.click("#send");
       await alice.waitForSelector("#messages li.out .status.bad:has-text('403 TYPE_ERROR')");
       await alice.waitForSelector("#send-error:has-text('TYPE_ERROR')");
+      // ... and the entry itself looks refused, with the 9001's code and msg.
+      const refusal = await alice.textContent("#messages li.out.refused .refusal");
+      ok(refusal?.includes("Refused, not delivered: 403 TYPE_ERROR"), String(refusal));
+      ok(refusal?.includes("4242"), `the server's msg names the type: ${refusal}`);
+      deepStrictEqual(await alice.locator("#messages li.out.refused").count(), 1);
+
+      // A text to a user who is not online: accepted, and stored for later.
+      await alice.selectOption("#kind", "2001");
+      await sendText(alice, "u3", "For Carol when she comes");
+      await alice.waitForSelector(
+        "#messages li.out:has-text('For Carol') .status.ok:has-text('200 SUCCESS')",
+      );
+      await alice.waitForSelector(
+        "#messages li.out:has-text('For Carol') .offline:has-text('u3 is not online')",
+      );
+      await alice.fill("#to", "u2");
 
       // The raw log shows frames both ways, their statuses and the receipts.
       await alice.waitForSelector("#log li.out .summary:has-text('1000 REGISTER')");
@@ -206,9 +222,35 @@ Deno.test({
         await Deno.writeFile(SCREENSHOT, shot);
       }
 
-      // Logging out closes the connection.
+      // A reload keeps the tab's session: Bob is connected again without a password, as the
+      // same client, and the conversation with Alice ("To" is u1) comes back from history.
+      const bobName = await clientName(bob);
+      await bob.reload();
+      await bob.waitForSelector('#state[data-state="open"]');
+      deepStrictEqual(await bob.textContent("#identity"), `u2 / ${bobName}`);
+      ok(await bob.isVisible("#compose-panel"), "compose panel after reload");
+      await bob.waitForSelector("#messages li.history.in:has-text('Hello Bob')");
+      await bob.waitForSelector("#messages li.history.out:has-text('Hi Alice')");
+      await sendText(alice, "u2", "After your reload");
+      await bob.waitForSelector('#messages li.in[data-from="u1"]:has-text("After your reload")');
+
+      // Logging out closes the connection and forgets the session: a reload asks to log in.
       await bob.click("#logout");
       await bob.waitForSelector('#state[data-state="closed"]');
+      await bob.reload();
+      await bob.waitForSelector("#login-panel:not([hidden])");
+      deepStrictEqual(await bob.textContent("#state"), "idle");
+
+      // A kick ends Alice's session for good, and the page says so.
+      const kick = await fetch(`${server.url}/server/kick`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${TEST_API_KEY}`, "content-type": "application/json" },
+        body: JSON.stringify({ userId: "u1" }),
+      });
+      deepStrictEqual(kick.status, 200);
+      await kick.body?.cancel();
+      await alice.waitForSelector("#login-error:has-text('4003 kicked')");
+      await alice.waitForSelector('#state[data-state="closed"]');
       deepStrictEqual(errors, []);
     } finally {
       await browser.close();

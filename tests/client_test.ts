@@ -22,7 +22,7 @@ import {
 } from "../src/client/client.js";
 import { MessageType, StatusCode, statusName, SYSTEM } from "../src/protocol/codes.ts";
 import { createServer, type ImServer } from "../src/server.ts";
-import { startServer, testConfig } from "./_helpers.ts";
+import { startServer, TEST_API_KEY, testConfig } from "./_helpers.ts";
 import { createLogger } from "../src/log.ts";
 
 const FAST = { minDelayMs: 20, maxDelayMs: 200, factor: 2, jitter: 0.5 };
@@ -365,6 +365,87 @@ Deno.test("client closes for good when a newer connection replaces it (4001)", a
   } finally {
     await first.close();
     await second.close();
+  }
+});
+
+Deno.test("client closes for good when a business backend kicks it (4003)", async () => {
+  await using server = await startServer();
+  const alice = client(server.url, "alice", { clientName: "phone" });
+  const states: ClientEventMap["state"][] = [];
+  alice.on("state", (s) => states.push(s));
+  await alice.connect();
+  const closed = next(alice, "state", (s) => s.state === "closed");
+  const errored = next(alice, "error");
+  const kick = await fetch(`${server.url}/server/kick`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${TEST_API_KEY}`, "content-type": "application/json" },
+    body: JSON.stringify({ userId: "u1", clientName: "phone" }),
+  });
+  assertEquals((await kick.json()).data.kicked, 1);
+  try {
+    const state = await closed;
+    assertEquals([state.reason, state.code], ["kicked", 4003]);
+    assert(await errored instanceof ClosedError);
+    await assertRejects(() => alice.send("u2", "x"), ClosedError, "kicked");
+    // Longer than its whole reconnect backoff: the user is still offline.
+    await delay(FAST.maxDelayMs * 3);
+    assertEquals(states.map((s) => s.state), ["connecting", "open", "closed"]);
+    const presence = await fetch(`${server.url}/server/presence?users=u1`, {
+      headers: { authorization: `Bearer ${TEST_API_KEY}` },
+    });
+    assertEquals((await presence.json()).data.u1.online, false);
+  } finally {
+    await alice.close();
+  }
+});
+
+Deno.test("client does not acknowledge copies of its user's own sends", async () => {
+  await using server = await startServer();
+  const web = client(server.url, "alice", { clientName: "web" });
+  await web.connect();
+  const phone = client(server.url, "alice", { clientName: "phone" });
+  const bob = client(server.url, "bob");
+  const receiptsOut: string[] = [];
+  phone.on("frame", (f) => {
+    if (f.direction === "out" && f.frame?.type === ClientMessageType.RECEIPT) {
+      receiptsOut.push(f.frame.id);
+    }
+  });
+  const refused: string[] = [];
+  phone.on("status", (s) => {
+    if (s.type === ClientMessageType.RECEIPT && s.code !== 200) refused.push(`${s.id} ${s.code}`);
+  });
+  await phone.connect();
+  await bob.connect();
+  try {
+    // A copy: from alice, alice not in `to`.
+    const copy = next(phone, "message", (m) => m.body === "to bob");
+    const { id: copyId } = await web.send("u2", "to bob");
+    assertEquals((await copy).from, "u1");
+    await delay(0); // the receipt, if any, goes out right after the event
+    assertEquals(receiptsOut, [], "no 9101 for an own copy");
+
+    // Alice is a recipient too: the phone acknowledges, and the server accepts it.
+    const both = next(phone, "message", (m) => m.body === "to both");
+    const accepted = next(phone, "status", (s) => s.type === ClientMessageType.RECEIPT);
+    const { id } = await web.send(["u2", "u1"], "to both");
+    await both;
+    assertEquals((await accepted).code, 200);
+    assertEquals(receiptsOut, [id]);
+
+    // `to` entries are trimmed, by the server and the client alike: " u1" is alice.
+    const spaced = next(phone, "message", (m) => m.body === "spaced");
+    const acceptedSpaced = next(phone, "status", (s) => s.type === ClientMessageType.RECEIPT);
+    const { id: spacedId } = await web.send("u2, u1", "spaced");
+    await spaced;
+    assertEquals((await acceptedSpaced).code, 200);
+    assertEquals(receiptsOut, [id, spacedId]);
+    assert(!receiptsOut.includes(copyId));
+    assertEquals(refused, []);
+  } finally {
+    await web.close();
+    await phone.close();
+    await bob.close();
   }
 });
 

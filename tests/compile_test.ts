@@ -4,7 +4,7 @@
  * (denort): it is downloaded from the internet, or taken from DENORT_BIN. This
  * test runs only where DENORT_BIN points at one.
  */
-import { assertEquals } from "./_assert.ts";
+import { assert, assertEquals } from "./_assert.ts";
 import { login, TestClient, untilListening, wsSession } from "./_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -36,9 +36,9 @@ Deno.test({
     const child = new Deno.Command(`${ROOT}dist/im-server`, {
       cwd: dir,
       stdout: "piped",
-      stderr: "null",
+      stderr: "piped",
     }).spawn();
-    const output = untilListening(child.stdout);
+    const output = untilListening(child.stdout, child.stderr);
     const url = await output.url;
     const page = await fetch(`${url}/`);
     assertEquals(page.status, 200, "the console is embedded");
@@ -69,4 +69,44 @@ Deno.test({
     await output.drained;
     await Deno.remove(dir, { recursive: true });
   },
+});
+
+Deno.test("deno task compile without internet says how to get the runtime and leaves no empty dist/", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "im-compile-" });
+  const env: Record<string, string> = {
+    // A proxy that refuses every connection: offline, even on a machine with internet.
+    HTTPS_PROXY: "http://127.0.0.1:9",
+    HTTP_PROXY: "http://127.0.0.1:9",
+    NO_COLOR: "1",
+  };
+  for (const name of ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME"]) {
+    const value = Deno.env.get(name);
+    if (value !== undefined) env[name] = value;
+  }
+  try {
+    const built = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "scripts/compile.ts", "--output", `${dir}/dist/im-server`],
+      cwd: ROOT,
+      clearEnv: true, // without DENORT_BIN
+      env,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(built.stderr);
+    if (built.code === 0) {
+      // The runtime was cached in DENO_DIR by an earlier build: nothing to download.
+      console.warn("compile_test.ts: denort is cached here; the offline message is not exercised");
+      await Deno.stat(`${dir}/dist/im-server`);
+      return;
+    }
+    assertEquals(built.code, 1, stderr);
+    assert(stderr.includes("Cannot compile: deno compile needs Deno's base runtime"), stderr);
+    assert(stderr.includes("DENORT_BIN"), stderr);
+    assert(!stderr.includes("Stack backtrace"), stderr);
+    const left = [];
+    for await (const entry of Deno.readDir(dir)) left.push(entry.name);
+    assertEquals(left, [], "no empty dist/ is left behind");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -34,9 +34,9 @@ async function spawnServer(dir: string) {
     args: ["run", "-A", `${ROOT}main.ts`, "--config", config],
     stdin: "null",
     stdout: "piped",
-    stderr: "null",
+    stderr: "piped",
   }).spawn();
-  const output = untilListening(child.stdout);
+  const output = untilListening(child.stdout, child.stderr);
   const url = await output.url;
   const drained = output.drained;
   return { url, child, drained };

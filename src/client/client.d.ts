@@ -151,8 +151,8 @@ export interface SendResult extends StatusBody {
  * - `connecting`: first login and register;
  * - `open`: registered, frames flow;
  * - `reconnecting`: the connection was lost, waiting or trying again (sends are queued);
- * - `closed`: final, after `close()`, a 4001 replacement, a refused credential or a failed
- *   first connect.
+ * - `closed`: final, after `close()`, a 4001 replacement, a 4003 kick, a refused credential or
+ *   a failed first connect.
  */
 export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 
@@ -168,9 +168,15 @@ export interface StateEvent {
   attempt?: number;
   /** With `reconnecting`: milliseconds until the next attempt. */
   delayMs?: number;
-  /** With `reconnecting`: the close code of the lost connection, when it closed. */
+  /**
+   * With `reconnecting`: the close code of the lost connection, when it closed. With `closed`
+   * after a 4001 replacement or a 4003 kick: that code.
+   */
   code?: number;
-  /** With `reconnecting` or `closed`: why (`"closed"`, `"replaced"`, `"failed"`, a close reason). */
+  /**
+   * With `reconnecting` or `closed`: why (`"closed"`, `"replaced"`, `"kicked"`, `"failed"`, a
+   * close reason).
+   */
   reason?: string;
   /** With `reconnecting` after a failed attempt, or `closed` after a fatal error: the error. */
   error?: unknown;
@@ -345,7 +351,10 @@ export declare class HttpError extends ImError {
 /** The client is closed; frames that were not answered reject with this. */
 export declare class ClosedError extends ImError {
   constructor(reason: string, options?: ErrorOptions);
-  /** `"closed"` (by `close()`), `"replaced"` (4001: the same client connected elsewhere) or `"failed"`. */
+  /**
+   * `"closed"` (by `close()`), `"replaced"` (4001: the same client connected elsewhere),
+   * `"kicked"` (4003: `POST /server/kick`) or `"failed"`.
+   */
   readonly reason: string;
 }
 

@@ -104,6 +104,14 @@ const DEFAULTS = {
 
 /** Close code the server uses when a newer connection of the same client replaces this one. */
 const CLOSE_REPLACED = 4001;
+/** Close code of `POST /server/kick`: a business backend ended this user's connection. */
+const CLOSE_KICKED = 4003;
+/**
+ * Closes after which reconnecting would be wrong: the client closes for good with this reason.
+ * (Two clients with one name would replace each other forever; a kicked user must stay out.)
+ * @type {Map<number, string>}
+ */
+const FINAL_CLOSES = new Map([[CLOSE_REPLACED, "replaced"], [CLOSE_KICKED, "kicked"]]);
 /** Close code of a server that got a frame over its size limit. */
 const CLOSE_TOO_LARGE = 1009;
 /** Close code this client uses when it gives up on a connection that stopped answering. */
@@ -230,6 +238,14 @@ function parseNotice(body) {
 }
 
 /**
+ * The entries of a frame's `to`, trimmed, empty ones left out.
+ * @param {string} to
+ */
+function recipients(to) {
+  return to.split(",").map((entry) => entry.trim()).filter((entry) => entry !== "");
+}
+
+/**
  * @param {unknown} value
  * @returns {value is import("./client.d.ts").Message}
  */
@@ -283,6 +299,8 @@ export class ImClient extends EventTarget {
   #held;
   /** @type {ReturnType<typeof setTimeout> | undefined} */
   #heldTimer;
+  /** Why the client closed (`"closed"`, `"replaced"`, `"kicked"`, `"failed"`). */
+  #closedReason = "closed";
 
   /** @param {import("./client.d.ts").ClientOptions} options */
   constructor(options) {
@@ -556,7 +574,7 @@ export class ImClient extends EventTarget {
    * @param {boolean} [resend]
    */
   #sendFrame(type, to, body, id, resend = true) {
-    if (this.#state === "closed") return Promise.reject(new ClosedError("closed"));
+    if (this.#state === "closed") return Promise.reject(new ClosedError(this.#closedReason));
     if (this.#outbox.size >= this.#options.maxQueued) {
       return Promise.reject(new ImError(`Send queue is full: ${this.#outbox.size} frames`));
     }
@@ -700,9 +718,10 @@ export class ImClient extends EventTarget {
           this.#closing.delete(closed);
           done();
           if (!settled) {
+            const final = FINAL_CLOSES.get(event.code);
             settle(
-              event.code === CLOSE_REPLACED
-                ? new ClosedError("replaced")
+              final
+                ? new ClosedError(final)
                 : new ImError(`Connection closed before register: ${event.code} ${event.reason}`),
             );
           }
@@ -819,8 +838,9 @@ export class ImClient extends EventTarget {
     }
     if (this.#state === "closed" || this.#state === "connecting") return;
     if (code === CLOSE_TOO_LARGE) this.#dropTooLarge();
-    if (code === CLOSE_REPLACED) {
-      this.#shutdown("replaced", new ClosedError("replaced"));
+    const final = FINAL_CLOSES.get(code);
+    if (final) {
+      this.#shutdown(final, new ClosedError(final), { code });
       return;
     }
     if (!this.#options.reconnect.enabled) {
@@ -907,8 +927,9 @@ export class ImClient extends EventTarget {
   /**
    * @param {string} reason
    * @param {unknown} [error]
+   * @param {Record<string, unknown>} [extra] more fields of the `closed` state event
    */
-  async #shutdown(reason, error) {
+  async #shutdown(reason, error, extra = {}) {
     if (this.#state !== "closed") {
       this.#abort.abort();
       this.#release();
@@ -934,7 +955,8 @@ export class ImClient extends EventTarget {
         else entry.resolve({ id: entry.frame.id, code: 0, status: "NOT_SENT", msg: reason });
       }
       if (error !== undefined && reason !== "closed") this.#emit("error", error);
-      this.#setState("closed", { reason, error });
+      this.#closedReason = reason;
+      this.#setState("closed", { reason, error, ...extra });
     }
     await Promise.all([...this.#closing]);
   }
@@ -991,8 +1013,9 @@ export class ImClient extends EventTarget {
   /** @param {import("./client.d.ts").Message} frame */
   #autoReceipt(frame) {
     if (!this.#options.receipts) return;
-    // Copies of our own frames sent from another device need no receipt.
-    if (frame.from === this.#userId && !frame.to.split(",").includes(this.#userId ?? "")) return;
+    // A copy of this user's own send (from = self, self not in `to`) is not acknowledged: the
+    // server would answer 407 (PROTOCOL.md section 10). `to` entries are trimmed, as the server does.
+    if (frame.from === this.#userId && !recipients(frame.to).includes(this.#userId ?? "")) return;
     const body = JSON.stringify({ code: 200, status: "SUCCESS", msg: "SUCCESS" });
     this.#sendFrame(MessageType.RECEIPT, frame.from, body, frame.id, false).catch(() => {});
   }

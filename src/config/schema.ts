@@ -64,8 +64,16 @@ export const ConfigSchema = z.strictObject({
     tokenTtlSeconds: positiveInt.default(86400),
     /** Name of the session cookie set by `POST /api/login`. */
     cookieName: z.string().regex(/^[A-Za-z0-9_-]+$/).default("im_session"),
+    /** `SameSite` of the session cookie: `none` lets pages of another site use it (needs Secure). */
+    cookieSameSite: z.enum(["lax", "strict", "none"]).default("lax"),
+    /** `Secure` on the session cookie: absent = when the request came over HTTPS. */
+    cookieSecure: z.boolean().optional(),
     /** Seconds a sessionId stays redeemable. */
     sessionTtlSeconds: positiveInt.default(60),
+  }).refine((auth) => auth.cookieSameSite !== "none" || auth.cookieSecure === true, {
+    message: "none needs auth.cookieSecure: true (browsers drop a SameSite=None cookie that " +
+      "is not Secure)",
+    path: ["cookieSameSite"],
   }).prefault({}),
   limits: z.strictObject({
     /** Most entries in `to`. */

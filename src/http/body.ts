@@ -31,7 +31,10 @@ export async function readText(request: Request, max = MAX_BODY_BYTES): Promise<
 
 /** Reads a JSON body; 400 when it is not JSON. */
 export async function readJson(request: Request): Promise<unknown> {
-  const text = await readText(request);
+  return parseJson(await readText(request));
+}
+
+function parseJson(text: string): unknown {
   try {
     return JSON.parse(text);
   } catch {
@@ -39,12 +42,16 @@ export async function readJson(request: Request): Promise<unknown> {
   }
 }
 
-/** Reads a JSON object or a form (urlencoded or multipart) as string fields. */
+/**
+ * Reads a JSON object or a form (urlencoded or multipart) as string fields.
+ *
+ * A urlencoded body that starts with `{` is read as JSON: that is what
+ * `curl -d '{"username":…}'` sends (curl labels every `-d` body as a form), and
+ * such a body is never a useful form (its one field name would be the whole JSON).
+ */
 export async function readFields(request: Request): Promise<Record<string, unknown>> {
   const type = request.headers.get("content-type") ?? "";
-  if (type.includes("application/x-www-form-urlencoded")) {
-    return Object.fromEntries(new URLSearchParams(await readText(request)));
-  }
+  let value: unknown;
   if (type.includes("multipart/form-data")) {
     const text = await readText(request);
     let form: FormData;
@@ -58,8 +65,13 @@ export async function readFields(request: Request): Promise<Record<string, unkno
       );
     }
     return Object.fromEntries([...form].filter(([, v]) => typeof v === "string"));
+  } else if (type.includes("application/x-www-form-urlencoded")) {
+    const text = await readText(request);
+    if (!text.trimStart().startsWith("{")) return Object.fromEntries(new URLSearchParams(text));
+    value = parseJson(text);
+  } else {
+    value = await readJson(request);
   }
-  const value = await readJson(request);
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
     throw new HttpError(400, "Body must be a JSON object");
   }

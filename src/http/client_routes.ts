@@ -7,6 +7,7 @@
  * - `POST /app/login`, `POST /api/login`
  * - `GET /{app,api}/websocket/client/login/{clientName}`
  * - `GET /{app,api}/messages?with=u2&before=CURSOR&limit=50`
+ * - `GET /{app,api}/presence?users=u2,u3`: whether each user is online (nothing more)
  *
  * @module
  */
@@ -20,6 +21,7 @@ import type { TokenService } from "../auth/tokens.ts";
 import type { UserDirectory } from "../auth/users.ts";
 import type { SessionStore } from "../core/sessions.ts";
 import type { MessageStore } from "../core/store.ts";
+import type { Presence } from "../core/presence.ts";
 import { CLIENT_NAME, CLIENT_NAME_RULE } from "../protocol/names.ts";
 
 /** What the client routes need. */
@@ -28,9 +30,18 @@ export interface ClientRouteDeps {
   tokens: TokenService;
   sessions: SessionStore;
   store: MessageStore;
+  presence: Presence;
+  /** `limits.maxRecipients`: most users in one presence query. */
+  maxUsers: number;
   cookieName: string;
+  /** `SameSite` attribute of the cookie. */
+  cookieSameSite: "lax" | "strict" | "none";
+  /** `Secure` attribute: always, never, or (undefined) when the request came over HTTPS. */
+  cookieSecure?: boolean;
   tokenTtlSeconds: number;
 }
+
+const SAME_SITE = { lax: "Lax", strict: "Strict", none: "None" } as const;
 
 const Credentials = z.object({
   username: z.string().min(1),
@@ -55,13 +66,13 @@ export function addClientRoutes(router: Router, deps: ClientRouteDeps): void {
   router.add("POST", "/api/login", async (request) => {
     const userId = await login(request);
     const token = await deps.tokens.issue(userId);
-    const secure = new URL(request.url).protocol === "https:" ||
-      request.headers.get("x-forwarded-proto") === "https";
+    const secure = deps.cookieSecure ?? (new URL(request.url).protocol === "https:" ||
+      request.headers.get("x-forwarded-proto") === "https");
     const cookieValue = [
       `${deps.cookieName}=${token}`,
       "HttpOnly",
       "Path=/",
-      "SameSite=Lax",
+      `SameSite=${SAME_SITE[deps.cookieSameSite]}`,
       `Max-Age=${deps.tokenTtlSeconds}`,
       ...(secure ? ["Secure"] : []),
     ].join("; ");
@@ -79,6 +90,24 @@ export function addClientRoutes(router: Router, deps: ClientRouteDeps): void {
     router.add("GET", `/${kind}/messages`, async (request) => {
       const userId = await requireUser(request, kind, deps);
       return historyPage(deps.store, userId, parseHistoryQuery(request));
+    });
+
+    router.add("GET", `/${kind}/presence`, async (request) => {
+      await requireUser(request, kind, deps);
+      const users = [
+        ...new Set(
+          (new URL(request.url).searchParams.get("users") ?? "").split(",")
+            .map((user) => user.trim()).filter((user) => user !== ""),
+        ),
+      ];
+      if (users.length === 0) throw new HttpError(400, 'Query "users" is required: ?users=u2,u3');
+      if (users.length > deps.maxUsers) {
+        throw new HttpError(400, `At most ${deps.maxUsers} users per query`);
+      }
+      const found = await deps.presence.lookup(users);
+      const data: Record<string, { online: boolean }> = {};
+      for (const user of users) data[user] = { online: (found.get(user)?.length ?? 0) > 0 };
+      return json({ data });
     });
   }
 }

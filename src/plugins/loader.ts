@@ -104,10 +104,28 @@ export async function loadPlugins(
     try {
       module = await importModule(new URL(name, base).href) as Record<string, unknown>;
     } catch (error) {
-      const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
-      throw new PluginError(`Cannot load plugin "${name}": import failed: ${reason}`);
+      throw new PluginError(`Cannot load plugin "${name}": ${describeImportError(error)}`);
     }
     loaded.push({ file: name, plugin: validatePlugin(name, module) });
   }
   return loaded;
+}
+
+/**
+ * Why a plugin's import failed, with the file, line and column when the error
+ * names them (a syntax error, or a throw while the module runs), and the
+ * excerpt of the source that Deno prints under a syntax error.
+ */
+export function describeImportError(error: unknown): string {
+  if (!(error instanceof Error)) return `import failed: ${error}`;
+  const [first, ...rest] = error.message.split("\n");
+  // The first place named outside this server's own code (the loader's `import()` is no answer).
+  const own = new URL("../", import.meta.url).href;
+  const where = [...`${error.message}\n${error.stack ?? ""}`
+    .matchAll(/(file:\/\/[^\s)]+?):(\d+):(\d+)/g)].find((match) => !match[1].startsWith(own));
+  const excerpt = rest.filter((line) => !/^\s+at /.test(line) && line.trim() !== "");
+  if (!where) return `import failed: ${first}`;
+  const file = decodeURIComponent(new URL(where[1]).pathname);
+  const lines = excerpt.length > 0 ? `\n${excerpt.join("\n")}` : "";
+  return `import failed at ${file}, line ${where[2]}, column ${where[3]}: ${first}${lines}`;
 }

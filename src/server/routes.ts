@@ -74,7 +74,11 @@ export function buildRoutes(
     ...auth,
     sessions: backends.sessions,
     store: backends.store,
+    presence: backends.presence,
+    maxUsers: config.limits.maxRecipients,
     cookieName: config.auth.cookieName,
+    cookieSameSite: config.auth.cookieSameSite,
+    cookieSecure: config.auth.cookieSecure,
     tokenTtlSeconds: config.auth.tokenTtlSeconds,
   });
   addServerRoutes(router, {
