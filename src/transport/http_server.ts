@@ -144,10 +144,19 @@ export async function listen(options: FrontDoorOptions): Promise<FrontDoor> {
   });
 
   const { promise, resolve, reject } = Promise.withResolvers<AddressInfo>();
-  server.once("error", reject);
+  // The same errors as Deno.serve's, so callers need not know node's codes.
+  const failed = (error: Error & { code?: string }) =>
+    reject(
+      error.code === "EADDRINUSE"
+        ? new Deno.errors.AddrInUse(error.message)
+        : error.code === "EADDRNOTAVAIL"
+        ? new Deno.errors.AddrNotAvailable(error.message)
+        : error,
+    );
+  server.once("error", failed);
   server.listen(options.port, options.hostname, () => resolve(server.address() as AddressInfo));
   const addr = await promise;
-  server.off("error", reject);
+  server.off("error", failed);
   const host = addr.address.includes(":") ? `[${addr.address}]` : addr.address;
   return {
     url: `http://${host}:${addr.port}`,
