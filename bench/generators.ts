@@ -20,7 +20,14 @@ export interface GenCommand {
  *
  * @example
  * ```ts
- * const result = await runGenerators(options, 2, { deno: Deno.execPath(), root: "." });
+ * import { runGenerators } from "./generators.ts";
+ * import type { GenOptions } from "./load_gen.ts";
+ *
+ * // `options`: one cell's settings, as bench/run.ts builds them.
+ * export async function twoGenerators(options: GenOptions) {
+ *   const result = await runGenerators(options, 2, { deno: Deno.execPath(), root: "." });
+ *   console.log(result);
+ * }
  * ```
  */
 export async function runGenerators(

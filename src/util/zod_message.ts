@@ -42,8 +42,19 @@ export function zodMessage(
 /** The reason of one zod issue (see {@link zodMessage}). */
 export function issueMessage(issue: IssueLike, options: ZodMessageOptions = {}): string {
   const path = [...options.prefix ?? [], ...issue.path.map(String)].join(".");
-  const missing = issue.code === "invalid_type" && issue.input === undefined;
+  const missing = isMissing(issue);
   const reason = missing ? "is missing" : `is not valid: ${issue.message}`;
   if (path === "") return missing ? "A value is missing" : `The value ${reason}`;
   return `${options.what ?? "Field"} "${path}" ${reason}`;
+}
+
+/**
+ * Whether an issue is about a missing value. zod 4 puts `input` on an issue
+ * only when asked (`reportInput`), so without it the default message
+ * ("… received undefined") is what tells a missing field from a wrong type.
+ */
+function isMissing(issue: IssueLike): boolean {
+  if (issue.code !== "invalid_type") return false;
+  if ("input" in issue) return issue.input === undefined;
+  return issue.message.endsWith("received undefined");
 }
