@@ -402,3 +402,20 @@ Deno.test("/metrics can be served on server.metricsAddress only, behind server.m
   assertEquals(health.status, 200);
   await health.body?.cancel();
 });
+
+Deno.test("a peer that answers no ping is closed (1001); one that answers stays", async () => {
+  await using srv = await startServer({
+    websocket: { idleTimeoutSeconds: 1, registerTimeoutSeconds: 30 },
+  });
+  // Deno's client answers pings by itself.
+  const pair = await bystanders(srv);
+  // A raw socket never answers: pinged after 0.5 s of silence, closed after about 1 s more.
+  const silent = await rawWebSocket(portOf(srv));
+  const { closed, data } = await readUntilClosed(silent, 8000);
+  silent.close();
+  assert(closed, "the silent peer was closed");
+  assertEquals(data[0], 0x89, "a ping came first");
+  assertEquals(closeCode(data), 1001);
+  // The answering pair outlived it, silent for the same time, and still talks.
+  await pair.exchange();
+});
