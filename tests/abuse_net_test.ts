@@ -221,6 +221,33 @@ Deno.test("slow request heads are cut at limits.headerTimeoutSeconds", async () 
   await pair.exchange();
 });
 
+Deno.test("slow request bodies are cut at limits.bodyTimeoutSeconds", async () => {
+  await using srv = await startServer({ limits: { bodyTimeoutSeconds: 1 } });
+  const pair = await bystanders(srv);
+  const results = await Promise.all(Array.from({ length: 10 }, async () => {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: portOf(srv) });
+    await conn.write(encoder.encode(
+      "POST /app/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+        "Content-Length: 1000\r\n\r\n{",
+    ));
+    let cut = false;
+    const reading = readUntilClosed(conn, 6000).then((r) => {
+      cut = r.closed;
+      return r;
+    });
+    // One byte every 200 ms: the whole body would take 200 s.
+    for (let i = 0; i < 30 && !cut; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await conn.write(encoder.encode(" ")).catch(() => cut = true);
+    }
+    const { closed } = await reading;
+    conn.close();
+    return closed;
+  }));
+  assertEquals(results.filter(Boolean).length, 10);
+  await pair.exchange();
+});
+
 Deno.test("answered keep-alive connections are closed after limits.keepAliveTimeoutSeconds", async () => {
   await using srv = await startServer({ limits: { keepAliveTimeoutSeconds: 1 } });
   const pair = await bystanders(srv);

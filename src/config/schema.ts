@@ -88,6 +88,8 @@ export const ConfigSchema = z.strictObject({
     maxConnectionsPerUser: positiveInt.default(16),
     /** Seconds a connection has to send a complete HTTP request head (slow clients are cut). */
     headerTimeoutSeconds: positiveInt.default(10),
+    /** Seconds a request body has to arrive in full once the head is complete. */
+    bodyTimeoutSeconds: positiveInt.default(30),
     /** Seconds an answered HTTP connection may stay idle before it is closed. */
     keepAliveTimeoutSeconds: positiveInt.default(5),
     /** Open connections per client IP address. */

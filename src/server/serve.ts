@@ -50,6 +50,7 @@ export async function serve(config: Config, routes: Routes, logger: Logger): Pro
     port: config.websocket.port,
     headerTimeoutSeconds: config.limits.headerTimeoutSeconds,
     keepAliveTimeoutSeconds: config.limits.keepAliveTimeoutSeconds,
+    bodyTimeoutSeconds: config.limits.bodyTimeoutSeconds,
     logs: new LogBudget(http, config.log.refusalsPerMinute),
     onCut: routes.onRefused,
     handle: (request, ip) => routes.main.handle(request, ip),

@@ -2,8 +2,8 @@
  * The front door: one `node:http` listener for HTTP and the WebSocket upgrade
  * on one port. `node:http` rather than `Deno.serve` because it hands over the
  * raw socket of a connection and of an upgrade (docs/TRANSPORT.md): that is
- * what lets the server cut a slow request head (`limits.headerTimeoutSeconds`),
- * an idle keep-alive connection (`limits.keepAliveTimeoutSeconds`), and a
+ * what lets the server cut a slow request head (`limits.headerTimeoutSeconds`)
+ * or body (`limits.bodyTimeoutSeconds`), an idle keep-alive connection (`limits.keepAliveTimeoutSeconds`), and a
  * fragmented WebSocket message while it arrives (`transport/websocket.ts`).
  * Requests reach the routes as web `Request`s and leave as `Response`s.
  *
@@ -24,6 +24,8 @@ export interface FrontDoorOptions {
   headerTimeoutSeconds: number;
   /** Seconds an answered connection may stay idle before its next request head is complete. */
   keepAliveTimeoutSeconds: number;
+  /** Seconds a request body has to arrive in full once its head is complete. */
+  bodyTimeoutSeconds: number;
   /** Where refusals of malformed input are logged, within a budget. */
   logs: LogBudget;
   /** Told of every connection cut by a deadline (`header_timeout`, `keepalive_timeout`). */
@@ -51,6 +53,7 @@ export async function listen(options: FrontDoorOptions): Promise<FrontDoor> {
   server.keepAliveTimeout = (options.keepAliveTimeoutSeconds + 5) * 1000;
   const headerMs = options.headerTimeoutSeconds * 1000;
   const keepAliveMs = options.keepAliveTimeoutSeconds * 1000;
+  const bodyMs = options.bodyTimeoutSeconds * 1000;
   const sockets = new Set<Socket>();
   const busy = new Set<Socket>();
   const deadlines = new Map<Socket, ReturnType<typeof setTimeout>>();
@@ -86,6 +89,14 @@ export async function listen(options: FrontDoorOptions): Promise<FrontDoor> {
     const socket = req.socket;
     disarm(socket);
     busy.add(socket);
+    // A body must arrive within its own deadline (a slow body is slowloris too).
+    if (!BODYLESS.has(req.method ?? "GET")) {
+      arm(socket, bodyMs, "body_timeout");
+      const body = deadlines.get(socket);
+      req.once("end", () => {
+        if (deadlines.get(socket) === body) disarm(socket);
+      });
+    }
     res.on("close", () => {
       busy.delete(socket);
       if (!socket.destroyed) arm(socket, keepAliveMs, "keepalive_timeout");
