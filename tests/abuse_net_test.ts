@@ -446,3 +446,15 @@ Deno.test("a peer that answers no ping is closed (1001); one that answers stays"
   // The answering pair outlived it, silent for the same time, and still talks.
   await pair.exchange();
 });
+
+Deno.test("a text frame that is not UTF-8 closes its connection with 1007, and only it", async () => {
+  await using srv = await startServer();
+  const pair = await bystanders(srv);
+  const conn = await rawWebSocket(portOf(srv));
+  await conn.write(frame(0x1, true, new Uint8Array([0x7b, 0xff, 0xfe, 0x7d])));
+  const { closed, data } = await readUntilClosed(conn, 6000);
+  conn.close();
+  assert(closed, "the server closed it");
+  assertEquals(closeCode(data), 1007);
+  await pair.exchange();
+});
