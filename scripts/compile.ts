@@ -21,7 +21,7 @@ const FLAGS = [
   "--allow-net",
   "--allow-read",
   "--allow-write=./data",
-  "--allow-env=IM_CONFIG,IM_PORT,IM_HOST,LOG_TOKENS,LOG_STREAM,IM_API_KEYS,WS_NO_BUFFER_UTIL,WS_NO_UTF_8_VALIDATE",
+  "--allow-env=IM_CONFIG,IM_PORT,IM_HOST,LOG_TOKENS,LOG_STREAM,IM_API_KEYS",
   "--include",
   "plugins/",
   "--include",

@@ -191,6 +191,39 @@ Deno.test("a fragmented message over maxFrameBytes is cut while it arrives (1009
   });
 });
 
+Deno.test("a fragmented message within maxFrameBytes is delivered, a ping inside it answered", async () => {
+  await using srv = await startServer();
+  const pair = await bystanders(srv);
+  const conn = await rawWebSocket(portOf(srv));
+  const text = JSON.stringify({
+    id: "frag-1",
+    type: 2001,
+    isSystem: false,
+    from: "u1",
+    to: "u2",
+    body: "x",
+  });
+  const bytes = encoder.encode(text);
+  const third = Math.floor(bytes.length / 3);
+  await conn.write(frame(0x1, false, bytes.subarray(0, third)));
+  await conn.write(frame(0x9, true, encoder.encode("are you there")));
+  await conn.write(frame(0x0, false, bytes.subarray(third, 2 * third)));
+  await conn.write(frame(0x0, true, bytes.subarray(2 * third)));
+  // Unregistered: the whole message is answered 402 with its id, after the pong.
+  const received = new Uint8Array(4096);
+  let data = new Uint8Array(0);
+  while (!decoder.decode(data).includes("frag-1")) {
+    const n = await conn.read(received);
+    assert(n !== null, "the server answered before closing");
+    data = new Uint8Array([...data, ...received.subarray(0, n)]);
+  }
+  conn.close();
+  assertEquals(data[0], 0x8a, "the pong came first");
+  assertEquals(decoder.decode(data.subarray(2, 15)), "are you there");
+  assert(decoder.decode(data).includes('\\"code\\":402'), decoder.decode(data));
+  await pair.exchange();
+});
+
 Deno.test("slow request heads are cut at limits.headerTimeoutSeconds", async () => {
   await using srv = await startServer({ limits: { headerTimeoutSeconds: 1 } });
   const pair = await bystanders(srv);

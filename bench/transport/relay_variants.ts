@@ -7,6 +7,7 @@
  * - `netws`: `node:net` accepts, hands each socket to `node:http` (so the server owns the raw
  *   socket before any header is parsed: header and idle deadlines), upgrades with npm `ws`
  * - `denonode`: `node:http`'s upgrade socket handed to `Deno.upgradeWebSocket({ socket, head })`
+ * - `own`: `node:http` + our own frame reader and writer (`src/transport/ws_connection.ts`)
  *
  * Usage: `deno run -A bench/transport/relay_variants.ts --mode ws [--port 0] [--max-payload N]`.
  *
@@ -17,6 +18,7 @@ import net from "node:net";
 import type { Buffer } from "node:buffer";
 // @ts-types="npm:@types/ws@8"
 import { WebSocketServer } from "ws";
+import { switchingProtocols, WsConnection } from "../../src/transport/ws_connection.ts";
 
 const OK_BODY = JSON.stringify(JSON.stringify({ code: 200, status: "SUCCESS", msg: "ok" }));
 const SESSION_BODY = JSON.stringify(
@@ -146,6 +148,20 @@ if (mode === "deno") {
   });
   server.on("upgrade", (req, socket, head) => {
     socket.on("error", () => {});
+    if (mode === "own") {
+      socket.write(switchingProtocols(String(req.headers["sec-websocket-key"])));
+      const link: { logic?: ReturnType<typeof relay> } = {};
+      const conn: WsConnection = new WsConnection(socket, {
+        text: (text) => link.logic!.message(text),
+        binary() {},
+        activity() {},
+        refused() {},
+        closed: () => link.logic!.close(),
+      }, maxPayload);
+      link.logic = relay({ send: (text) => conn.send(text), open: () => conn.isOpen });
+      conn.start(head);
+      return;
+    }
     if (mode === "denonode") {
       const headers = new Headers();
       for (const [k, v] of Object.entries(req.headers)) {

@@ -13,7 +13,7 @@ import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { Buffer } from "node:buffer";
-import { holdUpgrade, isUpgraded, loadWebSocket } from "./websocket.ts";
+import { holdUpgrade, isUpgraded } from "./websocket.ts";
 import type { LogBudget } from "../util/log_budget.ts";
 
 /** Options of {@link listen}. */
@@ -47,7 +47,6 @@ const BODYLESS = new Set(["GET", "HEAD"]);
 
 /** Listens on `hostname:port`; rejects when the address cannot be bound. */
 export async function listen(options: FrontDoorOptions): Promise<FrontDoor> {
-  await loadWebSocket();
   const server = http.createServer();
   // Our own deadlines below are the ones that count; node's stay out of their way.
   server.keepAliveTimeout = (options.keepAliveTimeoutSeconds + 5) * 1000;
