@@ -10,6 +10,7 @@
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import type { Duplex } from "node:stream";
+import { CloseCode } from "../protocol/codes.ts";
 
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -140,7 +141,9 @@ export class WsConnection {
         at = 4;
       } else if (length === 127) {
         if (buf.length < 10) break;
-        if (buf.readUInt32BE(2) !== 0) return this.#fail(1009, "message too large");
+        if (buf.readUInt32BE(2) !== 0) {
+          return this.#fail(CloseCode.TOO_LARGE.code, CloseCode.TOO_LARGE.reason);
+        }
         length = buf.readUInt32BE(6);
         at = 10;
       }
@@ -150,7 +153,7 @@ export class WsConnection {
       }
       // The cap counts the whole message, before its payload is read.
       if (!control && this.#fragmentBytes + length > this.#maxMessageBytes) {
-        return this.#fail(1009, "message too large");
+        return this.#fail(CloseCode.TOO_LARGE.code, CloseCode.TOO_LARGE.reason);
       }
       if (buf.length < at + 4 + length) break;
       const payload = buf.subarray(at + 4, at + 4 + length);
