@@ -131,7 +131,7 @@ async function main(args: string[]): Promise<number> {
   const logger = createLogger(config.log);
   let server;
   try {
-    server = await createServer(config, { logger });
+    server = await createServer(config, { logger, configFile: path });
   } catch (error) {
     if (error instanceof Deno.errors.AddrInUse) {
       const { url, port } = config.websocket;

@@ -56,9 +56,9 @@ export class Conn {
   }
 
   /** Sets the recipients of `sendText` and pre-encodes the frame around the id and timestamp. */
-  setTarget(to: string, body: string): void {
+  setTarget(to: string, body: string, type = 2001): void {
     this.#textPrefix =
-      `","type":2001,"isSystem":false,"from":"${this.userId}","to":"${to}","body":${
+      `","type":${type},"isSystem":false,"from":"${this.userId}","to":"${to}","body":${
         JSON.stringify(body)
       },"timestamp":`;
     this.#receiptPrefix =

@@ -16,6 +16,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { createClient } from "redis";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -27,6 +28,8 @@ const { values } = parseArgs({
     instances: { type: "string", default: "1,2,3" },
     fsync: { type: "string", default: "always" },
     baseline: { type: "string", default: "yes" },
+    pin: { type: "string", default: "yes" },
+    commandstats: { type: "string", default: "no" },
   },
 });
 const SECONDS = Number(values.seconds);
@@ -35,6 +38,25 @@ const USERS = Number(values.users);
 const WINDOW = Number(values.window);
 const COUNTS = values.instances!.split(",").map(Number);
 const FSYNC = values.fsync!;
+const CORES = navigator.hardwareConcurrency;
+/** Redis on the first core, the instances on the others (when there are two cores or more). */
+const PIN = values.pin !== "no" && CORES >= 2 && hasTaskset();
+const REDIS_CPUS = "0";
+const INSTANCE_CPUS = CORES > 2 ? `1-${CORES - 1}` : "1";
+
+function hasTaskset(): boolean {
+  try {
+    return new Deno.Command("taskset", { args: ["-V"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+/** `command args` under `taskset -c cpus` when pinning. */
+function pinned(cpus: string, command: string, args: string[]): [string, string[]] {
+  return PIN ? ["taskset", ["-c", cpus, command, ...args]] : [command, args];
+}
 
 const users = Array.from({ length: USERS }, (_, i) => ({
   userId: `u${i}`,
@@ -54,8 +76,8 @@ async function startRedis(dir: string) {
   const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", ""];
   if (FSYNC === "off") args.push("--appendonly", "no");
   else args.push("--appendonly", "yes", "--appendfsync", FSYNC, "--dir", dir);
-  const child = new Deno.Command("redis-server", { args, stdout: "null", stderr: "null" })
-    .spawn();
+  const [command, argv] = pinned(REDIS_CPUS, "redis-server", args);
+  const child = new Deno.Command(command, { args: argv, stdout: "null", stderr: "null" }).spawn();
   for (let i = 0; i < 200; i++) {
     try {
       const conn = await Deno.connect({ hostname: "127.0.0.1", port });
@@ -89,8 +111,16 @@ async function startInstance(redisUrl: string | undefined, dir: string, index: n
       log: { level: "error" },
     }),
   );
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", "--config", path],
+  const [command, argv] = pinned(INSTANCE_CPUS, Deno.execPath(), [
+    "run",
+    "-A",
+    "--v8-flags=--min-semi-space-size=16",
+    "main.ts",
+    "--config",
+    path,
+  ]);
+  const child = new Deno.Command(command, {
+    args: argv,
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
@@ -133,6 +163,34 @@ function machineJiffies(): { busy: number; total: number } {
   const idle = fields[3] + (fields[4] ?? 0);
   const total = fields.reduce((a, b) => a + b, 0);
   return { busy: total - idle, total };
+}
+
+type Redis = ReturnType<typeof createClient>;
+
+/** Redis's own CPU seconds (main thread and helpers, user + system), from `INFO cpu`. */
+async function redisCpu(redis: Redis): Promise<number> {
+  const info = await redis.info("cpu");
+  const field = (name: string) => Number(info.match(new RegExp(`${name}:([\\d.]+)`))?.[1] ?? NaN);
+  return field("used_cpu_sys") + field("used_cpu_user");
+}
+
+/**
+ * Entries appended so far to the delivery streams, times the instances that
+ * read each: the one stream every instance reads (`im:broker`, before routing)
+ * or one stream per instance (`im:{inst:<id>}:deliveries`).
+ */
+async function entriesRead(redis: Redis, instances: number): Promise<number> {
+  const added = async (key: string) => {
+    const reply = await redis.sendCommand(["XINFO", "STREAM", key]) as unknown[];
+    const at = reply.indexOf("entries-added");
+    return at >= 0 ? Number(reply[at + 1]) : 0;
+  };
+  if (await redis.exists("im:broker")) return (await added("im:broker")) * instances;
+  let total = 0;
+  for await (const keys of redis.scanIterator({ MATCH: "im:{inst:*}:deliveries", COUNT: 1000 })) {
+    for (const key of keys) total += await added(key);
+  }
+  return total;
 }
 
 interface Client {
@@ -192,6 +250,9 @@ async function run(count: number, withRedis = true) {
   let stopping = false;
   let received = 0;
   let failed = 0;
+  /** Every frame delivered to a recipient, and sends not answered yet. */
+  let delivered = 0;
+  let unanswered = 0;
   const latencies: number[] = [];
   const sentAt = new Map<string, number>();
   let seq = 0;
@@ -199,6 +260,7 @@ async function run(count: number, withRedis = true) {
   const send = (client: Client, to: string) => {
     const id = `${client.userId}-${++seq}`;
     sentAt.set(id, performance.now());
+    unanswered++;
     client.socket.send(JSON.stringify({
       id,
       type: 2001,
@@ -215,12 +277,14 @@ async function run(count: number, withRedis = true) {
     client.socket.onmessage = (event) => {
       const frame = JSON.parse(event.data);
       if (frame.type === 9001) {
+        unanswered--;
         if (JSON.parse(frame.body).code !== 200) failed++;
         if (!stopping) send(client, to);
         return;
       }
       const start = sentAt.get(frame.id);
       sentAt.delete(frame.id);
+      delivered++;
       if (measuring && start !== undefined) {
         received++;
         latencies.push(performance.now() - start);
@@ -228,9 +292,33 @@ async function run(count: number, withRedis = true) {
     };
     for (let w = 0; w < WINDOW; w++) send(client, to);
   });
+  const start = () => {
+    stopping = false;
+    clients.forEach((client, i) => {
+      for (let w = 0; w < WINDOW; w++) send(client, users[(i + 1) % USERS].userId);
+    });
+  };
+  /** Stops sending and waits until every send is answered and delivered (at most 20 s). */
+  const quiesce = async () => {
+    stopping = true;
+    for (let i = 0; i < 2000 && (unanswered > 0 || sentAt.size > 0); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  };
 
   await new Promise((resolve) => setTimeout(resolve, WARMUP * 1000));
+  // Parent pids: under taskset the child is taskset, which execs the program (same pid).
   const pids = [redis?.pid ?? -1, ...instances.map((i) => i.pid), Deno.pid];
+  const probe = redis ? createClient({ url: redis.url }) : undefined;
+  await probe?.connect();
+  // Redis's unit costs are counted between two quiet points (nothing in flight), so that
+  // every message counted is one Redis fully handled and the other way round.
+  await quiesce();
+  if (probe && values.commandstats === "yes") await probe.sendCommand(["CONFIG", "RESETSTAT"]);
+  const redisCpuBefore = probe ? await redisCpu(probe) : NaN;
+  const entriesBefore = probe ? await entriesRead(probe, count) : NaN;
+  const deliveredBefore = delivered;
+  start();
   const cpuBefore = pids.map(cpuSeconds);
   const machineBefore = machineJiffies();
   measuring = true;
@@ -240,6 +328,25 @@ async function run(count: number, withRedis = true) {
   const elapsed = (performance.now() - started) / 1000;
   const cpu = pids.map((pid, i) => (cpuSeconds(pid) - cpuBefore[i]) / elapsed);
   const machineAfter = machineJiffies();
+  await quiesce();
+  const counted = delivered - deliveredBefore;
+  const redisCpuUsed = probe ? await redisCpu(probe) - redisCpuBefore : NaN;
+  const entries = probe ? await entriesRead(probe, count) - entriesBefore : NaN;
+  if (probe && values.commandstats === "yes") {
+    // Where Redis's time goes, per delivered message (scripts include the commands they call).
+    const stats = await probe.info("commandstats");
+    for (const line of stats.split("\r\n")) {
+      const match = line.match(/^cmdstat_(\S+):calls=(\d+),usec=(\d+)/);
+      if (!match || match[1].startsWith("info") || match[1] === "xinfo|stream") continue;
+      const [, name, calls, usec] = match;
+      console.log(
+        `  ${name}: ${(Number(calls) / counted).toFixed(2)} calls/msg, ${
+          (Number(usec) / counted).toFixed(1)
+        } us/msg`,
+      );
+    }
+  }
+  await probe?.close();
   const cores = navigator.hardwareConcurrency;
   // Machine-wide busy time in cores (e.g. 1.6 of 2), and the part our processes did not use.
   const machineBusy = (machineAfter.busy - machineBefore.busy) /
@@ -268,26 +375,34 @@ async function run(count: number, withRedis = true) {
     cpuInstances: cpu.slice(1, -1).reduce((a, b) => a + b, 0),
     cpuLoad: cpu[cpu.length - 1],
     others,
+    redisUsPerMessage: redisCpuUsed / counted * 1e6,
+    entriesPerMessage: entries / counted,
   };
 }
 
 console.log(
-  `users=${USERS} window=${WINDOW} seconds=${SECONDS} fsync=${FSYNC} cores=${navigator.hardwareConcurrency}`,
+  `users=${USERS} window=${WINDOW} seconds=${SECONDS} fsync=${FSYNC} cores=${CORES}`,
 );
 console.log(
-  "| instances | msgs/s delivered | p50 ms | p99 ms | 400s | CPU Redis | CPU instances | CPU load gen | CPU other processes |",
+  PIN
+    ? `pinning: Redis on CPU ${REDIS_CPUS}, instances on CPU ${INSTANCE_CPUS} (taskset), load generator unpinned`
+    : "pinning: none (taskset missing, one core, or --pin no)",
 );
-console.log("|---|---|---|---|---|---|---|---|---|");
+console.log(
+  "| instances | msgs/s delivered | p50 ms | p99 ms | 400s | Redis CPU us/msg | entries read per msg (all instances) | CPU Redis | CPU instances | CPU load gen | CPU other processes |",
+);
+console.log("|---|---|---|---|---|---|---|---|---|---|---|");
 const runs: [number, boolean][] = COUNTS.map((count) => [count, true]);
 if (values.baseline !== "no") runs.unshift([1, false]);
 for (const [count, withRedis] of runs) {
   const r = await run(count, withRedis);
+  const num = (x: number, digits: number) => Number.isNaN(x) ? "-" : x.toFixed(digits);
   const pct = (x: number) => Number.isNaN(x) ? "-" : `${Math.round(x * 100)}%`;
   console.log(
     `| ${r.instances} | ${Math.round(r.throughput)} | ${r.p50.toFixed(1)} | ${
       r.p99.toFixed(1)
-    } | ${r.failed} | ${pct(r.cpuRedis)} | ${pct(r.cpuInstances)} | ${pct(r.cpuLoad)} | ${
-      pct(r.others)
-    } |`,
+    } | ${r.failed} | ${num(r.redisUsPerMessage, 1)} | ${num(r.entriesPerMessage, 2)} | ${
+      pct(r.cpuRedis)
+    } | ${pct(r.cpuInstances)} | ${pct(r.cpuLoad)} | ${pct(r.others)} |`,
   );
 }

@@ -31,6 +31,8 @@ export interface GenOptions {
   window: number;
   /** Whether recipients answer each delivered 2001 with a 9101 receipt. */
   receipts: boolean;
+  /** Type of the relayed frames: 2001, or a plugin's type that the plugin relays. @default 2001 */
+  frameType?: number;
   /** Milliseconds of load before measuring. */
   warmupMs: number;
   /** Milliseconds measured. */
@@ -160,7 +162,9 @@ async function runTraffic(options: GenOptions): Promise<GenResult> {
   if (fanout) {
     conns[0].setTarget(conns.slice(1).map((c) => c.userId).join(","), "hello fan-out");
   } else {
-    for (let i = 0; i < n; i++) conns[i].setTarget(conns[(i + 1) % n].userId, "hello relay");
+    for (let i = 0; i < n; i++) {
+      conns[i].setTarget(conns[(i + 1) % n].userId, "hello relay", options.frameType);
+    }
   }
 
   const sendTime = new Float64Array(MASK + 1);
@@ -184,6 +188,7 @@ async function runTraffic(options: GenOptions): Promise<GenResult> {
     while (running && conn.outstanding < window) send(conn, performance.now());
   };
   const open = scenario === "open";
+  const textType = options.frameType ?? 2001;
   const onFrame = (conn: Conn, frame: Incoming) => {
     const slot = frame.seq & MASK;
     if (frame.type === 9001) {
@@ -193,7 +198,7 @@ async function runTraffic(options: GenOptions): Promise<GenResult> {
       conn.outstanding--;
       if (measuring) replies++;
       if (!open) fill(conn);
-    } else if (frame.type === 2001) {
+    } else if (frame.type === textType) {
       if (measuring) {
         delivered++;
         latency.add(performance.now() - sendTime[slot]);

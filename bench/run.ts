@@ -7,8 +7,8 @@
  * `--runs N` [3], `--warmup S` [1], `--duration S` [2.5], `--users N` [200], `--window N` [2],
  * `--rate N` [10000], `--idle N` [10000], `--idle-runs N` [1: the idle cells are slow and steady],
  * `--gens N` [1: generator processes for the relay, receipts and open-loop cells],
- * `--only relay,receipts,fanout,open,idle`,
- * `--targets im-memory,im-sqlite,bare,socketio`, `--out FILE` [.bench-out/bench-<time>.json].
+ * `--only relay,receipts,plugin,fanout,open,idle`,
+ * `--targets im-memory,im-sqlite,im-plugin,im-plugin-inproc,bare,socketio`, `--out FILE` [.bench-out/bench-<time>.json].
  *
  * @module
  */
@@ -20,6 +20,7 @@ import {
   dialectOf,
   ensurePeers,
   type Paths,
+  RELAY_PLUGIN_TYPE,
   type Running,
   start,
   startV8Flags,
@@ -35,6 +36,8 @@ interface Cell {
   scenario: Scenario;
   receipts: boolean;
   targets: TargetName[];
+  /** Type of the relayed frames. @default 2001 */
+  frameType?: number;
 }
 
 /** Settings from the command line. */
@@ -121,6 +124,14 @@ function matrix(s: Settings): Cell[] {
       targets: ["im-sqlite", "im-memory", "bare", "socketio"],
     },
     {
+      key: "plugin",
+      label: `plugin type ${RELAY_PLUGIN_TYPE} relay`,
+      scenario: "relay",
+      receipts: false,
+      frameType: RELAY_PLUGIN_TYPE,
+      targets: ["im-plugin", "im-plugin-inproc"],
+    },
+    {
       key: "fanout",
       label: "fan-out ×100",
       scenario: "fanout",
@@ -177,6 +188,7 @@ async function runCell(
       users,
       window: s.window,
       receipts: cell.receipts,
+      frameType: cell.frameType,
       warmupMs: s.warmupMs,
       durationMs: s.durationMs,
       rate: s.rate,

@@ -8,10 +8,37 @@
 import type { Dialect } from "./client.ts";
 
 /** Names of the servers under test. */
-export type TargetName = "im-memory" | "im-sqlite" | "bare" | "socketio";
+export type TargetName =
+  | "im-memory"
+  | "im-sqlite"
+  | "im-plugin"
+  | "im-plugin-inproc"
+  | "bare"
+  | "socketio";
 
 /** All targets, in table order. */
-export const TARGETS: readonly TargetName[] = ["im-memory", "im-sqlite", "bare", "socketio"];
+export const TARGETS: readonly TargetName[] = [
+  "im-memory",
+  "im-sqlite",
+  "im-plugin",
+  "im-plugin-inproc",
+  "bare",
+  "socketio",
+];
+
+/** The type the benchmark's relay plugin handles (the `plugin` row). */
+export const RELAY_PLUGIN_TYPE = 5900;
+
+/** A plugin that relays its type to `to`, live only: the cost of one plugin call per frame. */
+const RELAY_PLUGIN = `export default {
+  name: "bench-relay",
+  types: [${RELAY_PLUGIN_TYPE}],
+  ephemeral: [${RELAY_PLUGIN_TYPE}],
+  async handle(message, ctx) {
+    await ctx.send({ id: message.id, type: ${RELAY_PLUGIN_TYPE}, to: message.to, body: message.body });
+  },
+};
+`;
 
 /** A started server. */
 export interface Running {
@@ -53,7 +80,12 @@ export function unavailable(target: TargetName, paths: Paths): string | undefine
 }
 
 /** The YAML config our server is started with, for `users` users u1..uN (password `pw`). */
-export function imConfig(users: number, driver: "memory" | "sqlite", dir: string): string {
+export function imConfig(
+  users: number,
+  driver: "memory" | "sqlite",
+  dir: string,
+  pluginIsolation?: "process" | "none",
+): string {
   const lines = [
     "websocket: { url: 127.0.0.1, port: 0 }",
     "auth:",
@@ -71,7 +103,10 @@ export function imConfig(users: number, driver: "memory" | "sqlite", dir: string
     "  rateLimit: { perSecond: 100000, burst: 100000 }",
     "  maxConnectionsPerIp: 100000",
     "  maxConnectionsPerUser: 100000",
-    `plugins: { dir: ${JSON.stringify(`${dir}/plugins`)} }`,
+    pluginIsolation
+      ? `plugins: { dir: ${JSON.stringify(`${dir}/plugins`)}, watch: false, permissions: ` +
+        `{ bench-relay: { isolation: ${pluginIsolation} } } }`
+      : `plugins: { dir: ${JSON.stringify(`${dir}/plugins`)} }`,
     "log: { level: warn }",
   );
   return lines.join("\n") + "\n";
@@ -133,10 +168,16 @@ export async function start(target: TargetName, users: number, paths: Paths): Pr
     });
   } else {
     await Deno.mkdir(`${dir}/plugins`);
+    const isolation = target === "im-plugin"
+      ? "process"
+      : target === "im-plugin-inproc"
+      ? "none"
+      : undefined;
+    if (isolation) await Deno.writeTextFile(`${dir}/plugins/relay.js`, RELAY_PLUGIN);
     const config = `${dir}/config.yaml`;
     await Deno.writeTextFile(
       config,
-      imConfig(users, target === "im-sqlite" ? "sqlite" : "memory", dir),
+      imConfig(users, target === "im-sqlite" ? "sqlite" : "memory", dir, isolation),
     );
     command = new Deno.Command(paths.deno, {
       args: ["run", ...v8Flags, "-A", "main.ts", "--config", config],

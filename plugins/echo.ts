@@ -9,6 +9,7 @@ import { definePlugin, StatusCode } from "@im/server";
 export default definePlugin({
   name: "echo",
   types: [5999],
+  ephemeral: [5999],
   async handle(message, ctx) {
     if (message.body === "") return { code: StatusCode.BODY_ERROR, msg: "Empty body" };
     await ctx.send({

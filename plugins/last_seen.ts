@@ -31,6 +31,7 @@ function seen(ctx: PluginBaseContext<unknown>): Seen {
 export default definePlugin({
   name: "last-seen",
   types: [PRESENCE_QUERY],
+  ephemeral: [PRESENCE_ANSWER],
   onRegister(client, ctx) {
     const { online } = seen(ctx);
     let clients = online.get(client.userId);

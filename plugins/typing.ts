@@ -12,6 +12,7 @@ export const TYPING = 5101;
 export default definePlugin({
   name: "typing",
   types: [TYPING],
+  ephemeral: [TYPING],
   async handle(message, ctx) {
     if (message.body !== "start" && message.body !== "stop") {
       return { code: StatusCode.BODY_ERROR, msg: 'Body must be "start" or "stop"' };

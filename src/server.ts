@@ -12,7 +12,6 @@ import { closeBackends, openBackends } from "./backends/mod.ts";
 import { TokenService } from "./auth/tokens.ts";
 import { UserDirectory } from "./auth/users.ts";
 import { randomId } from "./auth/base64.ts";
-import { loadPlugins } from "./plugins/loader.ts";
 import type { Metrics } from "./ops/metrics.ts";
 import { type Core, wireCore } from "./server/core.ts";
 import { type Auth, buildMetricsRoutes, buildRoutes, websocketPath } from "./server/routes.ts";
@@ -40,6 +39,8 @@ export interface ImServer {
 export interface ServerOptions {
   /** Logger to use; one from `config.log` when absent. */
   logger?: Logger;
+  /** The config file the server was started with: no plugin may be granted it. */
+  configFile?: string;
 }
 
 /** The plugins directory as a URL: relative paths are taken from the working directory,
@@ -51,6 +52,18 @@ function pluginsUrl(dir: string): URL {
     ? new URL("../", import.meta.url)
     : new URL(`file://${Deno.cwd()}/`);
   return new URL(withSlash, base);
+}
+
+/**
+ * The deno executable that runs plugin host processes: the running one. A
+ * compiled binary has none: its plugins run in its own process.
+ */
+function pluginHostDeno(logger: Logger): string | undefined {
+  if (Deno.build.standalone) {
+    logger.warn("Compiled binary: plugins run in the server's process, without a sandbox");
+    return undefined;
+  }
+  return Deno.execPath();
 }
 
 /** The user directory and token service, with start-up warnings about weak settings. */
@@ -80,13 +93,16 @@ function openAuth(config: Config, logger: Logger): Auth {
 export async function createServer(config: Config, options: ServerOptions = {}): Promise<ImServer> {
   const logger = options.logger ?? createLogger(config.log);
   const auth = openAuth(config, logger);
-  const loaded = await loadPlugins(pluginsUrl(config.plugins.dir), {
+  const plugins = {
+    dir: pluginsUrl(config.plugins.dir),
     optional: config.plugins.dir === "./plugins",
-  });
+    configFile: options.configFile ?? "./config.yaml",
+    denoPath: pluginHostDeno(logger),
+  };
   const backends = await openBackends(config, logger);
   let core: Core | undefined;
   try {
-    const wired = core = await wireCore(config, logger, backends, loaded);
+    const wired = core = await wireCore(config, logger, backends, plugins);
     const listener = await serve(config, {
       main: buildRoutes(config, wired, backends, auth, logger),
       metrics: buildMetricsRoutes(config, wired, backends, logger),

@@ -48,6 +48,8 @@ export interface RedisServerOptions {
   aofDir?: string;
   /** Port to use. @default a free one */
   port?: number;
+  /** Start as a replica of the Redis on this port (127.0.0.1). */
+  replicaOf?: number;
 }
 
 /** A running `redis-server` owned by a test. */
@@ -56,6 +58,8 @@ export class RedisServer implements AsyncDisposable {
   readonly url: string;
   #options: RedisServerOptions;
   #child?: Deno.ChildProcess;
+  /** The working directory of a server without an AOF directory (replication's RDB files). */
+  #scratch?: string;
 
   private constructor(port: number, options: RedisServerOptions) {
     this.port = port;
@@ -82,7 +86,12 @@ export class RedisServer implements AsyncDisposable {
     if (this.#options.aofDir) {
       args.push("--appendonly", "yes", "--appendfsync", "always", "--dir", this.#options.aofDir);
     } else {
-      args.push("--appendonly", "no");
+      // Replication writes an RDB file even without persistence: keep it out of the repository.
+      this.#scratch ??= Deno.makeTempDirSync({ prefix: "im-redis-" });
+      args.push("--appendonly", "no", "--dir", this.#scratch);
+    }
+    if (this.#options.replicaOf !== undefined) {
+      args.push("--replicaof", "127.0.0.1", String(this.#options.replicaOf));
     }
     this.#child = new Deno.Command(REDIS_SERVER!, {
       args,
@@ -114,6 +123,16 @@ export class RedisServer implements AsyncDisposable {
     throw new Error(`redis-server did not answer on port ${this.port}`);
   }
 
+  /** Stops the process (SIGSTOP) without killing it: it answers nothing until {@link resume}. */
+  pause(): void {
+    this.#child?.kill("SIGSTOP");
+  }
+
+  /** Lets a paused process run again (SIGCONT). */
+  resume(): void {
+    this.#child?.kill("SIGCONT");
+  }
+
   /** Kills the process at once (SIGKILL) and waits for it to exit. */
   async kill(): Promise<void> {
     const child = this.#child;
@@ -121,6 +140,10 @@ export class RedisServer implements AsyncDisposable {
     this.#child = undefined;
     child.kill("SIGKILL");
     await child.status;
+    if (this.#scratch) {
+      await Deno.remove(this.#scratch, { recursive: true }).catch(() => {});
+      this.#scratch = undefined;
+    }
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -21,6 +21,7 @@ const RUN = [
   "--allow-read",
   "--allow-write",
   "--allow-env",
+  "--allow-run",
   "main.ts",
 ];
 

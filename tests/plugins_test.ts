@@ -136,7 +136,14 @@ Deno.test("lifecycle hooks run: init, onRegister, onDisconnect, close", async ()
         close() { seen.push("close"); },
       };`,
   });
-  const config = testConfig({ plugins: { dir, config: { hooks: { greeting: "hi" } } } });
+  const config = testConfig({
+    plugins: {
+      dir,
+      config: { hooks: { greeting: "hi" } },
+      // In the server's process, so that this test can read the module's variable.
+      permissions: { hooks: { isolation: "none" } },
+    },
+  });
   const server = await createServer(config, { logger: createLogger({ level: "error" }) });
   const { seen } = await import(`file://${dir}/hooks.ts`);
   const wsUrl = `${server.url.replace("http", "ws")}/websocket`;
@@ -205,7 +212,8 @@ Deno.test("start-up stops on a bad plugin set, naming the file(s) and the reason
     ],
     [
       "a config section that fails the plugin's schema",
-      { "group.ts": `export { default } from "${EXAMPLES}/group_chat.ts";` },
+      // A copy: a plugin may read only its own files, so it cannot re-export another directory's.
+      { "group.ts": await Deno.readTextFile(`${EXAMPLES}/group_chat.ts`) },
       "plugins.config.group-chat.groups",
       { "group-chat": { groups: { team: [] } } },
     ],

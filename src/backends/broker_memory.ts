@@ -5,7 +5,7 @@
  */
 import type { Broker, BrokerHandler, Delivery, Kick } from "../core/broker.ts";
 
-const NOBODY: BrokerHandler = { deliver() {}, kick() {} };
+const NOBODY: BrokerHandler = { instance: "", deliver() {}, kick() {} };
 
 /** Hands everything straight to this instance's handler. */
 export class MemoryBroker implements Broker {

@@ -13,6 +13,9 @@ import { closeRedis, connectRedis, type RedisClient } from "./redis.ts";
 import { RedisSessionStore } from "./sessions_redis.ts";
 import { RedisStore } from "./store_redis.ts";
 
+/** Entries kept in an instance's delivery stream (approximately). */
+const STREAM_LENGTH = 100_000;
+
 /**
  * Opens one connection each for the store, the sessions, presence, and the
  * broker's writer and reader. The store's connection carries every
@@ -33,18 +36,27 @@ export async function openRedisBackends(
   try {
     const storeClient = await open("store");
     await checkDurability(storeClient, log);
+    const presence = new RedisPresence(await open("presence"), {
+      logger: logger.child("presence"),
+    });
     const store = new RedisStore(storeClient, {
       maxPerUser: config.storage.maxPerUser,
       retentionDays: config.storage.retentionDays,
       logger: logger.child("store"),
+      // Presence entries route deliveries: a replay reads the store only once they are written.
+      beforeReplay: (userId) => presence.added(userId),
+      // Accept (or acknowledge) and publish in one script: one round trip per message.
+      publish: { maxLength: STREAM_LENGTH },
+      waitReplicas: {
+        replicas: config.cluster.redisWait,
+        timeoutMs: config.cluster.redisWaitTimeoutMs,
+      },
     });
     const broker = new RedisBroker(await open("publish"), await open("read"), {
       logger: logger.child("broker"),
+      maxLength: STREAM_LENGTH,
     });
     const sessions = new RedisSessionStore(await open("sessions"), config.auth.sessionTtlSeconds);
-    const presence = new RedisPresence(await open("presence"), {
-      logger: logger.child("presence"),
-    });
     log.info("Cluster backends on Redis", { url: redactUrl(url) });
     return { store, broker, sessions, presence };
   } catch (error) {

@@ -16,13 +16,21 @@
  * the newer entry. Entries of an instance whose heartbeat stopped are ignored
  * by lookups at once and deleted by the next heartbeat of any instance.
  *
+ * The entries are also the routing table of the broker (`broker_redis.ts`):
+ * a delivery goes to the instances that have an entry of a recipient. So a
+ * register's replay must not read the store before its entry is written:
+ * {@link RedisPresence.added} resolves once the adds in flight for a user are
+ * done, and the Redis store waits for it before reading a replay.
+ *
  * @module
  */
 import type { Presence, PresenceEntry } from "../core/presence.ts";
 import type { Logger } from "../log.ts";
 import { closeRedis, KEY_PREFIX, type RedisClient, RedisScripts } from "./redis.ts";
 
-const P = `${KEY_PREFIX}presence:`;
+/** Prefix of the presence keys (the broker reads `u:{userId}` to route deliveries). */
+export const PRESENCE_PREFIX = `${KEY_PREFIX}presence:`;
+const P = PRESENCE_PREFIX;
 
 /** Lua prelude: key names, Redis time, and the removal of one entry. */
 const PRELUDE = `
@@ -146,6 +154,8 @@ export class RedisPresence implements Presence {
   /** Adds and removes that failed (Redis was away), retried by the next heartbeat. */
   #unsynced = new Map<string, { entry: PresenceEntry; added: boolean }>();
   #beating?: Promise<void>;
+  /** Adds in flight, by userId (the latest per user; earlier ones are on the same connection). */
+  #adding = new Map<string, Promise<void>>();
 
   /** Takes ownership of `client` (closed by {@link close}). */
   constructor(client: RedisClient, options: RedisPresenceOptions) {
@@ -162,12 +172,24 @@ export class RedisPresence implements Presence {
     const key = localKey(entry);
     this.#local.set(key, entry);
     this.#unsynced.delete(key);
+    const adding = this.#add(entry);
+    this.#adding.set(entry.userId, adding);
     try {
-      await this.#add(entry);
+      await adding;
     } catch (error) {
       this.#unsynced.set(key, { entry, added: true });
       throw error;
+    } finally {
+      if (this.#adding.get(entry.userId) === adding) this.#adding.delete(entry.userId);
     }
+  }
+
+  /**
+   * Resolves once the adds of `userId`'s entries made so far are written
+   * (rejects if the latest failed): from then on, publishes see them.
+   */
+  added(userId: string): Promise<void> {
+    return this.#adding.get(userId) ?? Promise.resolve();
   }
 
   async #add(entry: PresenceEntry): Promise<void> {

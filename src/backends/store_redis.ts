@@ -10,10 +10,12 @@
  * - `m:{seq}`: hash of the message: `sender`, `id`, `type`, `text`, `at`,
  *   `rcpt` (JSON), `n` (recipients still holding it), `s:{user}` (state
  *   `p`ending, `d`elivered, `a`cknowledged);
- * - `in:{user}`: sorted set of the seqs a recipient holds (the per-user cap);
+ * - `held:{user}`: list of the seqs a recipient holds, oldest first (the
+ *   per-user cap; messages leave it oldest first, by the cap or retention);
  * - `un:{user}`: sorted set of the seqs a recipient has not acknowledged;
  * - `c:{a}\0{b}`: sorted set of the seqs between two users (history);
- * - `t`: sorted set of seqs by acceptance time (retention);
+ * - `order`: list of every seq in acceptance order (retention; the sweep
+ *   pops it from the head and skips messages the cap already dropped);
  * - `pending`: the number of unacknowledged (recipient, message) pairs.
  *
  * Durability is Redis's: with `appendonly yes` a reply is written to the AOF
@@ -33,7 +35,10 @@ import type {
   NewMessage,
   StoredMessage,
 } from "../core/store.ts";
+import type { Delivery } from "../core/broker.ts";
 import type { Logger } from "../log.ts";
+import { deliveryEntry, ROUTE_LUA, type SequencedKey } from "./broker_redis.ts";
+import { BackendUnavailableError } from "../core/errors.ts";
 import { closeRedis, guard, KEY_PREFIX, type RedisClient, RedisScripts } from "./redis.ts";
 import { createLogger } from "../log.ts";
 
@@ -46,59 +51,72 @@ local function pair(a, b)
   if a < b then return a .. '\\0' .. b end
   return b .. '\\0' .. a
 end
-local function forget(user, seq)
+-- Drops a recipient's hold on a message (popped: the caller took it off the head of the
+-- recipient's held list already). Returns the state it had, the sender and the id.
+local function forget(user, seq, popped)
   local m = P .. 'm:' .. seq
-  local state = redis.call('HGET', m, 's:' .. user)
+  local v = redis.call('HMGET', m, 's:' .. user, 'sender', 'id', 'n')
+  local state = v[1]
   if not state then return false end
   if state ~= 'a' then
     redis.call('DECR', P .. 'pending')
     redis.call('ZREM', P .. 'un:' .. user, seq)
   end
-  redis.call('HDEL', m, 's:' .. user)
-  redis.call('ZREM', P .. 'in:' .. user, seq)
-  local sender = redis.call('HGET', m, 'sender')
-  redis.call('ZREM', P .. 'c:' .. pair(sender, user), seq)
-  if redis.call('HINCRBY', m, 'n', -1) <= 0 then
-    redis.call('DEL', m, P .. 'k:' .. sender .. '\\0' .. redis.call('HGET', m, 'id'))
-    redis.call('ZREM', P .. 't', seq)
+  -- The oldest first, by the cap or retention: found at the head of the list.
+  if not popped then redis.call('LREM', P .. 'held:' .. user, 1, seq) end
+  redis.call('ZREM', P .. 'c:' .. pair(v[2], user), seq)
+  if tonumber(v[4]) <= 1 then
+    redis.call('DEL', m, P .. 'k:' .. v[2] .. '\\0' .. v[3])
+  else
+    redis.call('HDEL', m, 's:' .. user)
+    redis.call('HINCRBY', m, 'n', -1)
   end
-  return state
+  return state, v[2], v[3]
 end
 `;
 
 /**
- * ARGV: sender, id, type, text, acceptedAt, recipients JSON, maxPerUser, recipients….
- * Returns {1} for a duplicate, else {0, then user, sender, id of each unacknowledged drop}.
+ * ARGV: sender, id, type, text, acceptedAt, recipients JSON, maxPerUser,
+ * entry text ('' to not publish), stream max length, origin instance, echo
+ * user, recipients…. Returns {1} for a duplicate, else {0, then user, sender,
+ * id of each unacknowledged drop}. When the entry text is not '', routes it
+ * to the instances holding the recipients in the same step (ROUTE_LUA).
  */
-const ACCEPT = PRELUDE + `
+const ACCEPT = PRELUDE + ROUTE_LUA + `
 local sender, id = ARGV[1], ARGV[2]
-local k = P .. 'k:' .. sender .. '\\0' .. id
-if redis.call('EXISTS', k) == 1 then return {1} end
-local seq = redis.call('INCR', P .. 'seq')
-redis.call('SET', k, seq)
+-- As a string once: Lua formats numbers with sprintf at every use.
+local seq = tostring(redis.call('INCR', P .. 'seq'))
+if not redis.call('SET', P .. 'k:' .. sender .. '\\0' .. id, seq, 'NX') then return {1} end
+local FIRST = 12
 local m = P .. 'm:' .. seq
-redis.call('HSET', m, 'sender', sender, 'id', id, 'type', ARGV[3], 'text', ARGV[4],
-  'at', ARGV[5], 'rcpt', ARGV[6], 'n', #ARGV - 7)
-redis.call('ZADD', P .. 't', ARGV[5], seq)
+local fields = {'sender', sender, 'id', id, 'type', ARGV[3], 'text', ARGV[4], 'at', ARGV[5],
+  'rcpt', ARGV[6], 'n', #ARGV - FIRST + 1}
+-- One HSET for the common case; very long recipient lists go on in further calls.
+local last = math.min(#ARGV, FIRST + 199)
+for i = FIRST, last do
+  table.insert(fields, 's:' .. ARGV[i]); table.insert(fields, 'p')
+end
+redis.call('HSET', m, unpack(fields))
+for i = last + 1, #ARGV do redis.call('HSET', m, 's:' .. ARGV[i], 'p') end
+redis.call('RPUSH', P .. 'order', seq)
+redis.call('INCRBY', P .. 'pending', #ARGV - FIRST + 1)
 local max = tonumber(ARGV[7])
 local out = {0}
-for i = 8, #ARGV do
+for i = FIRST, #ARGV do
   local user = ARGV[i]
-  local inbox = P .. 'in:' .. user
-  redis.call('HSET', m, 's:' .. user, 'p')
-  redis.call('ZADD', inbox, seq, seq)
+  local held = P .. 'held:' .. user
   redis.call('ZADD', P .. 'un:' .. user, seq, seq)
   redis.call('ZADD', P .. 'c:' .. pair(sender, user), seq, seq)
-  redis.call('INCR', P .. 'pending')
-  while redis.call('ZCARD', inbox) > max do
-    local oldest = redis.call('ZRANGE', inbox, 0, 0)[1]
-    local keyOf = redis.call('HMGET', P .. 'm:' .. oldest, 'sender', 'id')
-    local state = forget(user, oldest)
+  local count = redis.call('RPUSH', held, seq)
+  while count > max do
+    count = count - 1
+    local state, from, key = forget(user, redis.call('LPOP', held), true)
     if state and state ~= 'a' then
-      table.insert(out, user); table.insert(out, keyOf[1]); table.insert(out, keyOf[2])
+      table.insert(out, user); table.insert(out, from); table.insert(out, key)
     end
   end
 end
+if ARGV[8] ~= '' then route(ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV, FIRST, seq) end
 return out
 `;
 
@@ -112,21 +130,29 @@ end
 return out
 `;
 
-/** ARGV: user, then sender, id of each message. */
+/**
+ * ARGV: user, sender, id, seq ('' when unknown) of each (recipient, message)
+ * to mark delivered.
+ */
 const MARK_DELIVERED = `
 local P = ${JSON.stringify(P)}
-local field = 's:' .. ARGV[1]
-for i = 2, #ARGV, 2 do
-  local seq = redis.call('GET', P .. 'k:' .. ARGV[i] .. '\\0' .. ARGV[i + 1])
-  if seq and redis.call('HGET', P .. 'm:' .. seq, field) == 'p' then
-    redis.call('HSET', P .. 'm:' .. seq, field, 'd')
+for i = 1, #ARGV, 4 do
+  local seq = ARGV[i + 3]
+  if seq == '' then seq = redis.call('GET', P .. 'k:' .. ARGV[i + 1] .. '\\0' .. ARGV[i + 2]) end
+  if seq then
+    local m, field = P .. 'm:' .. seq, 's:' .. ARGV[i]
+    if redis.call('HGET', m, field) == 'p' then redis.call('HSET', m, field, 'd') end
   end
 end
 return 1
 `;
 
-/** ARGV: user, sender, id. Returns 1 when the message to the user is known. */
-const ACKNOWLEDGE = `
+/**
+ * ARGV: user, sender, id, entry text ('' to not publish), stream max length,
+ * origin instance, echo user, users to route to…. Returns 1 when the message
+ * to the user is known (and then routes the entry, see ACCEPT).
+ */
+const ACKNOWLEDGE = ROUTE_LUA + `
 local P = ${JSON.stringify(P)}
 local user = ARGV[1]
 local seq = redis.call('GET', P .. 'k:' .. ARGV[2] .. '\\0' .. ARGV[3])
@@ -139,6 +165,7 @@ if state ~= 'a' then
   redis.call('ZREM', P .. 'un:' .. user, seq)
   redis.call('DECR', P .. 'pending')
 end
+if ARGV[4] ~= '' then route(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV, 8, nil) end
 return 1
 `;
 
@@ -165,28 +192,33 @@ return out
 `;
 
 /**
- * ARGV: cutoff (ms), batch size. Drops messages accepted before cutoff; returns
- * {messages dropped, unacknowledged (recipient, message) pairs among them}.
+ * ARGV: cutoff (ms), batch size. Drops messages accepted before cutoff, oldest
+ * first, up to the first one that is not; returns {messages dropped,
+ * unacknowledged (recipient, message) pairs among them, entries of the order
+ * list looked at and removed (dropped, or already dropped by the cap)}.
  */
 const SWEEP = PRELUDE + `
-local seqs = redis.call('ZRANGE', P .. 't', '-inf', '(' .. ARGV[1], 'BYSCORE', 'LIMIT', 0,
-  tonumber(ARGV[2]))
-local unacked = 0
-for _, seq in ipairs(seqs) do
+local order = P .. 'order'
+local cutoff, batch = tonumber(ARGV[1]), tonumber(ARGV[2])
+local dropped, unacked, popped = 0, 0, 0
+for _, seq in ipairs(redis.call('LRANGE', order, 0, batch - 1)) do
   local m = P .. 'm:' .. seq
-  local v = redis.call('HMGET', m, 'sender', 'id', 'rcpt')
+  local v = redis.call('HMGET', m, 'sender', 'id', 'rcpt', 'at')
+  if v[4] and tonumber(v[4]) >= cutoff then break end
+  redis.call('LPOP', order)
+  popped = popped + 1
   if v[3] then
+    dropped = dropped + 1
     for _, user in ipairs(cjson.decode(v[3])) do
       local state = forget(user, seq)
       if state and state ~= 'a' then unacked = unacked + 1 end
     end
+    if redis.call('EXISTS', m) == 1 then
+      redis.call('DEL', m, P .. 'k:' .. v[1] .. '\\0' .. v[2])
+    end
   end
-  if v[1] and redis.call('EXISTS', m) == 1 then
-    redis.call('DEL', m, P .. 'k:' .. v[1] .. '\\0' .. v[2])
-  end
-  redis.call('ZREM', P .. 't', seq)
 end
-return {#seqs, unacked}
+return {dropped, unacked, popped}
 `;
 
 const SCRIPTS = {
@@ -197,6 +229,9 @@ const SCRIPTS = {
   HISTORY,
   SWEEP,
 };
+
+/** (recipient, message) marks per MARK_DELIVERED call. */
+const MARKS_PER_CALL = 1000;
 
 const STATES: Record<string, DeliveryState> = {
   p: "pending",
@@ -214,6 +249,24 @@ export interface RedisStoreOptions {
   logger?: Logger;
   /** Messages dropped per script run by {@link RedisStore.sweep}. @default 500 */
   sweepBatch?: number;
+  /**
+   * Awaited before the replay of a user is read: resolves once this
+   * instance's presence entries of the user are written, so that any message
+   * this read misses is published to this instance (see docs/CLUSTER.md).
+   */
+  beforeReplay?: (userId: string) => Promise<void>;
+  /**
+   * Publish the deliveries passed to accept and acknowledge in the same
+   * script, to instance streams of this length (the broker's `maxLength`):
+   * one round trip per message, and publishes ordered with the store's calls.
+   */
+  publish?: { maxLength: number };
+  /**
+   * Replicas that must confirm an accept or acknowledge (Redis `WAIT`)
+   * before it resolves; when fewer do within `timeoutMs`, it rejects as
+   * unavailable (the write stays on the primary: a resend is a duplicate).
+   */
+  waitReplicas?: { replicas: number; timeoutMs: number };
 }
 
 /** Messages and delivery states in Redis, shared by every instance. */
@@ -224,6 +277,16 @@ export class RedisStore implements MessageStore {
   #retentionMs: number;
   #logger?: Logger;
   #sweepBatch: number;
+  #beforeReplay?: (userId: string) => Promise<void>;
+  /** Marks not sent yet: user, sender, id, seq of each. */
+  #marks: string[] = [];
+  #marked?: PromiseWithResolvers<void>;
+  #streamLength: string;
+  #wait?: { replicas: number; timeoutMs: number };
+  /** The `WAIT` that covers the writes sent in this turn of the event loop, if one is due. */
+  #waiting?: Promise<void>;
+  /** Whether accept and acknowledge publish what they are given (see RedisStoreOptions.publish). */
+  readonly publishes: boolean;
 
   /** Takes ownership of `client` (closed by {@link close}). */
   constructor(client: RedisClient, options: RedisStoreOptions = {}) {
@@ -232,6 +295,12 @@ export class RedisStore implements MessageStore {
     this.#retentionMs = (options.retentionDays ?? 30) * 86_400_000;
     this.#logger = options.logger;
     this.#sweepBatch = options.sweepBatch ?? 500;
+    this.#beforeReplay = options.beforeReplay;
+    this.publishes = options.publish !== undefined;
+    this.#streamLength = String(options.publish?.maxLength ?? 0);
+    if (options.waitReplicas && options.waitReplicas.replicas > 0) {
+      this.#wait = options.waitReplicas;
+    }
     const logger = options.logger ?? createLogger({ level: "error" });
     this.#scripts = new RedisScripts(client, "Storage", SCRIPTS, logger);
   }
@@ -240,8 +309,49 @@ export class RedisStore implements MessageStore {
     return this.#scripts.run(script, args);
   }
 
-  async accept(message: NewMessage): Promise<AcceptResult> {
-    const reply = await this.#eval("ACCEPT", [
+  /** ARGV of the publish part of a script: entry, max length, origin, echo user. */
+  #routeArgs(delivery: Delivery | undefined): string[] {
+    if (!this.publishes || !delivery) return ["", "", "", ""];
+    return [
+      deliveryEntry(delivery),
+      this.#streamLength,
+      delivery.origin?.instance ?? "",
+      delivery.echoTo ?? "",
+    ];
+  }
+
+  /**
+   * Resolves once `written` (a script call just sent) has resolved and, with
+   * `waitReplicas`, once enough replicas confirm it. One `WAIT`, sent after
+   * every write of this turn of the event loop on the same connection,
+   * covers them all (Redis answers it once the replicas acknowledge
+   * everything written before it).
+   */
+  async #replicated<T>(written: Promise<T>): Promise<T> {
+    if (!this.#wait) return await written;
+    if (!this.#waiting) {
+      const { replicas, timeoutMs } = this.#wait;
+      const waiting = Promise.resolve().then(async () => {
+        this.#waiting = undefined;
+        const copies = await guard(
+          "Storage",
+          () => this.#client.sendCommand<number>(["WAIT", String(replicas), String(timeoutMs)]),
+        );
+        if (copies < replicas) {
+          throw new BackendUnavailableError(
+            `Storage unavailable: copied to ${copies} of ${replicas} Redis replicas in time, try again`,
+          );
+        }
+      });
+      this.#waiting = waiting;
+    }
+    const waited = this.#waiting!;
+    const [result] = await Promise.all([written, waited]);
+    return result;
+  }
+
+  async accept(message: NewMessage, delivery?: Delivery): Promise<AcceptResult> {
+    const reply = await this.#replicated(this.#eval("ACCEPT", [
       message.sender,
       message.id,
       String(message.type),
@@ -249,8 +359,9 @@ export class RedisStore implements MessageStore {
       String(message.acceptedAt),
       JSON.stringify(message.recipients),
       String(this.#maxPerUser),
+      ...this.#routeArgs(delivery),
       ...message.recipients,
-    ]) as (number | string)[];
+    ])) as (number | string)[];
     if (reply[0] === 1) return { duplicate: true };
     for (let i = 1; i < reply.length; i += 3) {
       this.#logger?.warn("Per-user cap reached: dropped an unacknowledged message", {
@@ -264,6 +375,7 @@ export class RedisStore implements MessageStore {
   }
 
   async unacknowledged(userId: string): Promise<StoredMessage[]> {
+    await this.#beforeReplay?.(userId);
     const reply = await this.#eval("UNACKNOWLEDGED", [userId]) as string[][];
     return reply.map(([sender, id, type, text, at]) => ({
       sender,
@@ -274,13 +386,49 @@ export class RedisStore implements MessageStore {
     }));
   }
 
-  async markDelivered(userId: string, keys: MessageKey[]): Promise<void> {
-    if (keys.length === 0) return;
-    await this.#eval("MARK_DELIVERED", [userId, ...keys.flatMap((key) => [key.sender, key.id])]);
+  /**
+   * Marks are batched: those made in one turn of the event loop (e.g. for
+   * every entry of one broker read) go to Redis as one script call after it.
+   * A mark only moves `pending` to `delivered`, so its place among other
+   * calls does not matter.
+   */
+  markDelivered(userId: string, keys: MessageKey[]): Promise<void> {
+    if (keys.length === 0) return Promise.resolve();
+    for (const key of keys) {
+      this.#marks.push(userId, key.sender, key.id, (key as SequencedKey).seq ?? "");
+    }
+    if (!this.#marked) {
+      this.#marked = Promise.withResolvers<void>();
+      queueMicrotask(() => this.#flushMarks());
+    }
+    return this.#marked.promise;
   }
 
-  async acknowledge(userId: string, key: MessageKey): Promise<boolean> {
-    return await this.#eval("ACKNOWLEDGE", [userId, key.sender, key.id]) === 1;
+  async #flushMarks(): Promise<void> {
+    const marks = this.#marks;
+    const done = this.#marked!;
+    this.#marks = [];
+    this.#marked = undefined;
+    try {
+      const calls = [];
+      for (let i = 0; i < marks.length; i += MARKS_PER_CALL * 4) {
+        calls.push(this.#eval("MARK_DELIVERED", marks.slice(i, i + MARKS_PER_CALL * 4)));
+      }
+      await Promise.all(calls);
+      done.resolve();
+    } catch (error) {
+      done.reject(error);
+    }
+  }
+
+  async acknowledge(userId: string, key: MessageKey, delivery?: Delivery): Promise<boolean> {
+    return await this.#replicated(this.#eval("ACKNOWLEDGE", [
+      userId,
+      key.sender,
+      key.id,
+      ...this.#routeArgs(delivery),
+      ...(this.publishes && delivery ? delivery.users : []),
+    ])) === 1;
   }
 
   async history(userId: string, peer: string, options: HistoryOptions): Promise<HistoryPage> {
@@ -314,13 +462,14 @@ export class RedisStore implements MessageStore {
     let dropped = 0;
     let unacknowledged = 0;
     while (true) {
-      const [count, unacked] = await this.#eval("SWEEP", [cutoff, String(this.#sweepBatch)]) as [
-        number,
-        number,
-      ];
+      const [count, unacked, popped] = await this.#eval("SWEEP", [
+        cutoff,
+        String(this.#sweepBatch),
+      ]) as [number, number, number];
       dropped += count;
       unacknowledged += unacked;
-      if (count < this.#sweepBatch) break;
+      // Fewer than a batch looked at: the rest of the list is within the retention period.
+      if (popped < this.#sweepBatch) break;
     }
     if (unacknowledged > 0) {
       this.#logger?.warn("Retention sweep dropped unacknowledged messages", {

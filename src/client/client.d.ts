@@ -272,8 +272,16 @@ export interface ClientOptions {
   context?: string;
   /** Full WebSocket URL, overriding `url` + `context`. */
   wsUrl?: string;
-  /** Answer delivered 2001/3001/3003 frames with a 9101 receipt automatically. @default {true} */
+  /**
+   * Answer every delivered frame (2001/3001/3003 and plugin types) with a 9101 receipt
+   * automatically. @default {true}
+   */
   receipts?: boolean;
+  /**
+   * Types never stored by the server (a plugin's `ephemeral` types, such as typing
+   * indicators): not acknowledged. A receipt for one would only be answered 407. @default {[]}
+   */
+  ephemeralTypes?: readonly number[];
   /** Reconnect settings, or `false` to close instead of reconnecting. */
   reconnect?: ReconnectOptions | false;
   /**
@@ -383,7 +391,8 @@ export declare function login(
  * - Frames not answered when the connection drops are resent with the same id after the
  *   next register (the server answers 200 again and does not deliver twice).
  * - Reconnects with exponential backoff and jitter; drops duplicate incoming frames by
- *   (from, id); sends 9101 receipts for 2001/3001/3003 unless `receipts: false`.
+ *   (from, id); sends a 9101 receipt for every delivered frame (plugin types included, but
+ *   not `ephemeralTypes`) unless `receipts: false`.
  *
  * @example Events and async iteration
  * ```ts

@@ -978,8 +978,9 @@ export class ImClient extends EventTarget {
     }
     const kind = frame.type === MessageType.RECEIPT ? "r" : "m";
     const key = `${kind}\u0000${frame.from}\u0000${frame.id}`;
-    const delivered = frame.type === MessageType.TEXT || frame.type === MessageType.NOTICE ||
-      frame.type === MessageType.TARGET_NOTICE;
+    // Every delivered frame is acknowledged (plugin types too), except types declared ephemeral.
+    const delivered = frame.type !== MessageType.RECEIPT &&
+      !(this.#options.ephemeralTypes ?? []).includes(frame.type);
     if (this.#seen.has(key)) {
       this.#emit("duplicate", frame);
       if (delivered) this.#autoReceipt(frame);

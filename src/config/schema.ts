@@ -5,6 +5,7 @@
  * @module
  */
 import { z } from "zod";
+import { PluginPermissionsSchema } from "../plugins/permissions.ts";
 
 const port = z.int().min(0).max(65535);
 const positiveInt = z.int().positive();
@@ -145,10 +146,26 @@ export const ConfigSchema = z.strictObject({
     timeoutMs: positiveInt.default(5000),
     /** Per-plugin settings, by plugin name. */
     config: z.record(z.string(), z.unknown()).default({}),
+    /**
+     * Per-plugin permissions and isolation, by plugin name: by default a plugin
+     * runs in its own process and may read only its own file(s).
+     */
+    permissions: z.record(z.string(), PluginPermissionsSchema).default({}),
+    /** Heap limit of each plugin's host process, in MiB. */
+    maxHeapMb: z.int().min(16).max(16384).default(128),
+    /** Watch `dir` and reload plugins when its files change. */
+    watch: z.boolean().default(true),
   }).prefault({}),
   cluster: z.strictObject({
     /** Redis URL; when set, instances share sessions, delivery and storage. */
     redisUrl: z.string().optional(),
+    /**
+     * Replicas that must hold a copy of a message (Redis `WAIT`) before its
+     * 200 is sent; 0: answer once the primary has it.
+     */
+    redisWait: z.number().int().min(0).max(16).default(0),
+    /** Most milliseconds a 200 waits for those replicas; past it the send answers 400. */
+    redisWaitTimeoutMs: z.number().int().min(1).max(60_000).default(1000),
   }).prefault({}),
   log: z.strictObject({
     level: LogLevel.default("info"),

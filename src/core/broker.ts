@@ -52,18 +52,25 @@ export interface Kick {
 
 /** What an instance does with what the broker carries. */
 export interface BrokerHandler {
+  /**
+   * This instance's id, as in {@link Origin} and presence entries (a broker
+   * that routes reads the queue of this id).
+   */
+  instance: string;
   deliver(delivery: Delivery): void;
   kick(kick: Kick): void;
 }
 
 /**
  * Routes deliveries to the instances holding the users' connections.
- * Guarantees: deliveries published by one instance reach every instance in the
- * order published; at most once per connection; no storage (a user without a
- * connection simply gets nothing, the store keeps the message).
+ * Guarantees: deliveries published by one instance reach every instance that
+ * holds a connection of their users, in the order published; at most once per
+ * connection; no storage (a user without a connection simply gets nothing, the
+ * store keeps the message). A connection registered while a stored message is
+ * published gets it live or from its replay (or both), never neither.
  */
 export interface Broker {
-  /** Hands a delivery to every instance, this one included. */
+  /** Hands a delivery to every instance holding its users (or the echo user), this one included. */
   publish(delivery: Delivery): Promise<void>;
   /** Hands a kick to every instance, this one included. */
   kick(kick: Kick): Promise<void>;

@@ -83,6 +83,7 @@ export class DeliveryService {
   /** Subscribes this instance to the broker. */
   start(): Promise<void> {
     return this.#broker.subscribe({
+      instance: this.#instance,
       deliver: (delivery) => this.#deliverHere(delivery),
       kick: (kick) => this.#hub.kick(kick),
     });
@@ -105,6 +106,14 @@ export class DeliveryService {
       const acceptedAt = Date.now();
       const stored = message.store !== false;
       const { recipients } = message;
+      const routed: Routed = {
+        stored: stored ? { sender: message.sender, id: message.id } : undefined,
+        text: message.text,
+        users: recipients,
+        echoTo: message.sender === SYSTEM ? undefined : message.sender,
+        origin: origin && this.#origin(origin),
+        acceptedAt,
+      };
       if (stored) {
         const { duplicate } = await this.#store.accept({
           sender: message.sender,
@@ -113,7 +122,7 @@ export class DeliveryService {
           recipients,
           text: message.text,
           acceptedAt,
-        });
+        }, routed);
         if (duplicate) return DUPLICATE;
         if (this.#observer.storedForOffline) {
           let offline: string[] | undefined;
@@ -122,15 +131,9 @@ export class DeliveryService {
           }
           if (offline) this.#observer.storedForOffline(offline, message);
         }
+        if (this.#store.publishes) return ACCEPTED;
       }
-      await this.#broker.publish({
-        stored: stored ? { sender: message.sender, id: message.id } : undefined,
-        text: message.text,
-        users: recipients,
-        echoTo: message.sender === SYSTEM ? undefined : message.sender,
-        origin: origin && this.#origin(origin),
-        acceptedAt,
-      });
+      await this.#broker.publish(routed);
       return ACCEPTED;
     } finally {
       this.#settled();
@@ -163,14 +166,15 @@ export class DeliveryService {
   ): Promise<boolean> {
     this.#busy++;
     try {
-      const known = await this.#store.acknowledge(userId, key);
-      if (!known) return false;
-      await this.#broker.publish({
+      const routed: Routed = {
         text,
         users: key.sender === SYSTEM ? [] : [key.sender],
         echoTo: userId,
         origin: origin && this.#origin(origin),
-      });
+      };
+      const known = await this.#store.acknowledge(userId, key, routed);
+      if (!known) return false;
+      if (!this.#store.publishes) await this.#broker.publish(routed);
       return true;
     } finally {
       this.#settled();

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import type { Delivery } from "./broker.ts";
 
 /** A message is known by its sender and its id. */
 export interface MessageKey {
@@ -79,17 +80,28 @@ export interface HistoryOptions {
  * - Per-user caps and retention may drop messages; the store logs each drop.
  */
 export interface MessageStore {
-  /** Records a message for each of its recipients (state `pending`). */
-  accept(message: NewMessage): Promise<AcceptResult>;
+  /**
+   * True when the store publishes the deliveries passed to {@link accept} and
+   * {@link acknowledge} itself, in the same step (Redis: one script stores
+   * and routes, so one round trip and an order shared with the store's).
+   * Otherwise the caller publishes them through the broker afterwards.
+   */
+  readonly publishes?: boolean;
+  /**
+   * Records a message for each of its recipients (state `pending`); a store
+   * that {@link publishes} also publishes `delivery` unless it is a duplicate.
+   */
+  accept(message: NewMessage, delivery?: Delivery): Promise<AcceptResult>;
   /** Every unacknowledged message addressed to `userId`, oldest first. */
   unacknowledged(userId: string): Promise<StoredMessage[]>;
   /** Marks messages as sent to a connection of `userId` (`pending` → `delivered`). */
   markDelivered(userId: string, keys: MessageKey[]): Promise<void>;
   /**
    * Records the receipt of `userId` for the message (sender, id). Resolves false
-   * when the store knows no such message addressed to `userId`.
+   * when the store knows no such message addressed to `userId`; a store that
+   * {@link publishes} also publishes `delivery` (the forwarded receipt) when true.
    */
-  acknowledge(userId: string, key: MessageKey): Promise<boolean>;
+  acknowledge(userId: string, key: MessageKey, delivery?: Delivery): Promise<boolean>;
   /** Messages between two users (either direction), newest first. */
   history(userId: string, peer: string, options: HistoryOptions): Promise<HistoryPage>;
   /** Number of unacknowledged (recipient, message) pairs, for metrics. */

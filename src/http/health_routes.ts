@@ -27,6 +27,8 @@ export interface HealthRouteDeps {
   accepting(): boolean;
   /** Whether to serve `/metrics` (not on the main port when `server.metricsAddress` is set). @default true */
   serveMetrics?: boolean;
+  /** Details `/readyz` adds when there are any (plugins that failed to load). */
+  details?(): Record<string, unknown> | undefined;
   /** Milliseconds the storage check of `/readyz` may take. @default 2000 */
   readyTimeoutMs?: number;
 }
@@ -49,7 +51,8 @@ export function addHealthRoutes(router: Router, deps: HealthRouteDeps): void {
       deps.logger.warn("Readiness check: storage is not reachable", { error });
       return jsonError(503, "Storage is not reachable");
     }
-    return json({ data: "ready" });
+    const details = deps.details?.();
+    return json(details ? { data: "ready", details } : { data: "ready" });
   });
 
   if (deps.serveMetrics === false) return;

@@ -229,6 +229,21 @@ export class Metrics {
     "Plugin handlers that timed out, by plugin.",
     "counter",
   ).labelled();
+  readonly pluginCrashes = new Series(
+    "im_plugin_crashes_total",
+    "Plugin host processes that died (a loop killed, out of memory, an uncaught error), by plugin.",
+    "counter",
+  ).labelled();
+  readonly pluginRestarts = new Series(
+    "im_plugin_restarts_total",
+    "Plugin host processes started again after a crash (init ran again), by plugin.",
+    "counter",
+  ).labelled();
+  readonly pluginLoadFailures = new Series(
+    "im_plugin_load_failures_total",
+    "Plugin files refused at a reload (the old version kept serving), by file.",
+    "counter",
+  ).labelled();
   readonly apiRequests = new Series(
     "im_api_requests_total",
     "Business API requests accepted, by API key name and route.",
@@ -329,6 +344,9 @@ export class Metrics {
       this.rateLimited,
       this.pluginErrors,
       this.pluginTimeouts,
+      this.pluginCrashes,
+      this.pluginRestarts,
+      this.pluginLoadFailures,
       this.apiRequests,
       this.webhookDeliveries,
       this.webhookEvents,

@@ -49,6 +49,7 @@ const PluginShape = z.looseObject({
   name: z.string().regex(CLIENT_NAME, CLIENT_NAME_RULE),
   types: z.array(z.int().min(0).max(2 ** 31 - 1)).min(1, "must list at least one type"),
   handle: fn,
+  ephemeral: z.array(z.int().min(0).max(2 ** 31 - 1)).optional(),
   init: fn.optional(),
   close: fn.optional(),
   onRegister: fn.optional(),

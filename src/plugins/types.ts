@@ -95,6 +95,12 @@ export interface Plugin<C = unknown> {
   name: string;
   /** The custom type codes it handles (not the built-in ones). */
   types: readonly number[];
+  /**
+   * Types this plugin sends live only: the server never stores them (whatever
+   * `store` says) and clients do not acknowledge them. For typing indicators
+   * and answers that are useless later.
+   */
+  ephemeral?: readonly number[];
   /** Validates `plugins.config.<name>`; without it the section is passed as is. */
   configSchema?: PluginConfigSchema<C>;
   /** Runs once at start-up, before any frame. A throw stops start-up. */

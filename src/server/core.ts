@@ -11,8 +11,8 @@ import { Hub } from "../core/hub.ts";
 import { DeliveryService } from "../core/delivery.ts";
 import type { SessionDeps } from "../core/client_session.ts";
 import { randomId } from "../auth/base64.ts";
-import type { LoadedPlugin } from "../plugins/loader.ts";
 import { PluginRegistry } from "../plugins/registry.ts";
+import { checkPermissions } from "../plugins/permissions.ts";
 import { createOps, type Ops } from "../ops/wiring.ts";
 
 /** Whether the server still takes new work (false once shutdown began). */
@@ -32,12 +32,24 @@ export interface Core {
   gate: Gate;
 }
 
+/** Where the plugins are and what they must never reach. */
+export interface PluginSetup {
+  /** The plugins directory as a `file:` URL ending in `/`. */
+  dir: URL;
+  /** A missing directory means no plugins. */
+  optional: boolean;
+  /** The server's config file, which no plugin may be granted. */
+  configFile?: string;
+  /** The deno executable for plugin host processes; absent in a compiled binary. */
+  denoPath?: string;
+}
+
 /** Builds the core on opened backends and runs the plugins' `init`. */
 export async function wireCore(
   config: Config,
   logger: Logger,
   backends: Backends,
-  loaded: LoadedPlugin[],
+  plugins: PluginSetup,
 ): Promise<Core> {
   const instanceId = randomId(6);
   const hub = new Hub(instanceId);
@@ -57,35 +69,49 @@ export async function wireCore(
     observer: ops.observer,
   });
   await delivery.start();
-  const plugins = await PluginRegistry.create(loaded, {
+  checkPermissions(config.plugins.permissions, {
+    configFile: plugins.configFile,
+    storageDir: config.storage.dir,
+  });
+  const metrics = ops.metrics;
+  const registry = await PluginRegistry.create({
     delivery,
     isOnline: async (userId) => (await backends.presence.lookup([userId])).has(userId),
     logger,
+    dir: plugins.dir,
+    optional: plugins.optional,
     timeoutMs: config.plugins.timeoutMs,
     maxRecipients: config.limits.maxRecipients,
     config: config.plugins.config,
+    permissions: config.plugins.permissions,
+    maxHeapMb: config.plugins.maxHeapMb,
+    denoPath: plugins.denoPath,
     observer: {
-      error: (name) => ops.metrics.pluginError(name),
-      timeout: (name) => ops.metrics.pluginTimeout(name),
+      error: (name) => metrics.pluginError(name),
+      timeout: (name) => metrics.pluginTimeout(name),
+      crash: (plugin) => metrics.pluginCrashes.inc({ plugin }),
+      restart: (plugin) => metrics.pluginRestarts.inc({ plugin }),
+      loadFailure: (file) => metrics.pluginLoadFailures.inc({ file }),
     },
   });
+  if (config.plugins.watch && !Deno.build.standalone) registry.watch();
   const gate: Gate = { accepting: true };
   let connectionIds = 0;
   const session: SessionDeps = {
     delivery,
     sessions: backends.sessions,
     hub,
-    custom: plugins,
+    custom: registry,
     logger: logger.child("session"),
     events: {
       ...ops.events,
       registered(conn) {
         ops.events.registered?.(conn);
-        plugins.clientRegistered(conn);
+        registry.clientRegistered(conn);
       },
       disconnected(conn) {
         ops.events.disconnected?.(conn);
-        plugins.clientDisconnected(conn);
+        registry.clientDisconnected(conn);
       },
     },
     limits: {
@@ -99,5 +125,5 @@ export async function wireCore(
     accepting: () => gate.accepting,
     nextId: () => ++connectionIds,
   };
-  return { instanceId, hub, delivery, plugins, ops, session, gate };
+  return { instanceId, hub, delivery, plugins: registry, ops, session, gate };
 }

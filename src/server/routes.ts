@@ -18,6 +18,7 @@ import type { ApiKey } from "../http/credentials.ts";
 import { addClientRoutes } from "../http/client_routes.ts";
 import { addServerRoutes } from "../http/server_routes.ts";
 import { addHealthRoutes, HEALTH_PATHS } from "../http/health_routes.ts";
+import { addPluginRoutes } from "../http/plugin_routes.ts";
 import { websocketRoute } from "../http/websocket_route.ts";
 import { consoleHandler } from "../console/serve.ts";
 import { loginOrigin } from "../http/login_origin.ts";
@@ -97,7 +98,12 @@ export function buildRoutes(
     metricsKey: config.server.metricsKey,
     serveMetrics: config.server.metricsAddress === undefined,
     accepting: () => gate.accepting,
+    details: () => {
+      const failed = core.plugins.failures;
+      return Object.keys(failed).length > 0 ? { plugins: { failed } } : undefined;
+    },
   });
+  addPluginRoutes(router, { plugins: core.plugins, logger: api });
   if (config.server.console) router.fallback(consoleHandler());
   return router;
 }
@@ -117,6 +123,10 @@ export function buildMetricsRoutes(
     logger: logger.child("api"),
     metricsKey: config.server.metricsKey,
     accepting: () => core.gate.accepting,
+    details: () => {
+      const failed = core.plugins.failures;
+      return Object.keys(failed).length > 0 ? { plugins: { failed } } : undefined;
+    },
   });
   return router;
 }

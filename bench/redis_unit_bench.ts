@@ -1,0 +1,310 @@
+/**
+ * Redis's own CPU per delivered 1:1 message, without WebSockets: the Redis
+ * backends of two instances (A publishes, B holds the recipients) drive one
+ * fresh `redis-server` (AOF off, pinned to CPU 0 when `taskset` exists) with
+ * the calls the server makes per message: accept, publish, each instance's
+ * broker read, and the delivery mark. Redis CPU is read from `INFO cpu`
+ * before and after; nothing else runs against that Redis, so the figure is
+ * the backends' cost, less noisy than the full cluster benchmark.
+ *
+ *   npx -y deno@2.9.6 run -A bench/redis_unit_bench.ts [--messages 30000] [--window 64]
+ *     [--instances 2] [--no-registers] [--max-per-user 10000]
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import process from "node:process";
+import { createClient } from "redis";
+import { connectRedis } from "../src/backends/redis.ts";
+import { RedisBroker } from "../src/backends/broker_redis.ts";
+import { RedisPresence } from "../src/backends/presence_redis.ts";
+import { RedisStore } from "../src/backends/store_redis.ts";
+import type { Broker, BrokerHandler, Delivery } from "../src/core/broker.ts";
+import type { MessageStore } from "../src/core/store.ts";
+import type { PresenceEntry } from "../src/core/presence.ts";
+import { createLogger } from "../src/log.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    messages: { type: "string", default: "30000" },
+    window: { type: "string", default: "64" },
+    users: { type: "string", default: "100" },
+    commandstats: { type: "boolean", default: false },
+    "print-pid": { type: "boolean", default: false },
+    "no-registers": { type: "boolean", default: false },
+    instances: { type: "string", default: "2" },
+    "max-per-user": { type: "string", default: "10000" },
+  },
+});
+const MESSAGES = Number(values.messages);
+const WINDOW = Number(values.window);
+const USERS = Number(values.users);
+/** Instances reading deliveries: A (the sender's), B (the recipients') and others holding nobody. */
+const INSTANCES = Math.max(2, Number(values.instances));
+const logger = createLogger({ level: "error", write: () => {} });
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+function taskset(): boolean {
+  try {
+    return new Deno.Command("taskset", { args: ["-V"], stdout: "null", stderr: "null" })
+      .outputSync().success && navigator.hardwareConcurrency >= 2;
+  } catch {
+    return false;
+  }
+}
+
+const port = freePort();
+const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+const pin = taskset();
+const redis = new Deno.Command(pin ? "taskset" : "redis-server", {
+  args: pin ? ["-c", "0", "redis-server", ...args] : args,
+  stdout: "null",
+  stderr: "null",
+}).spawn();
+const url = `redis://127.0.0.1:${port}`;
+if (Deno.args.includes("--print-pid")) console.log(`redis pid ${redis.pid}`);
+for (let i = 0; i < 200; i++) {
+  try {
+    (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+    break;
+  } catch {
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+const open = (name: string) => connectRedis(url, { logger, name });
+const presence = new RedisPresence(await open("presence"), { logger });
+// As cluster.ts sets them up (where the options exist: the benchmark also runs on older code).
+// A small --max-per-user measures the steady state in which each message drops a recipient's oldest.
+const maxPerUser = Number(values["max-per-user"]);
+const storeA = new RedisStore(await open("store-a"), {
+  logger,
+  maxPerUser,
+  publish: { maxLength: 100000 },
+});
+const storeB = new RedisStore(await open("store-b"), { logger, maxPerUser });
+const brokerA: Broker = new RedisBroker(await open("pub-a"), await open("read-a"), { logger });
+const brokerB: Broker = new RedisBroker(await open("pub-b"), await open("read-b"), { logger });
+let delivered = 0;
+let wake: (() => void) | undefined;
+const handler = (instance: string, marks: MessageStore): BrokerHandler => ({
+  instance,
+  deliver(delivery: Delivery) {
+    // Instance B holds every recipient; A holds none (as a hub would answer).
+    if (instance !== "ib") return;
+    for (const user of delivery.users) {
+      delivered++;
+      if (delivery.stored) marks.markDelivered(user, [delivery.stored]).catch(() => {});
+    }
+    wake?.();
+  },
+  kick() {},
+});
+await brokerA.subscribe(handler("ia", storeA));
+await brokerB.subscribe(handler("ib", storeB));
+// Further instances that hold none of the recipients (they only read what reaches them).
+const others: Broker[] = [];
+for (let i = 2; i < INSTANCES; i++) {
+  const broker = new RedisBroker(await open(`pub-${i}`), await open(`read-${i}`), { logger });
+  await broker.subscribe(handler(`i${i}`, storeA));
+  others.push(broker);
+}
+for (let i = 0; i < USERS; i++) {
+  await presence.add({ userId: `r${i}`, clientName: "web", since: Date.now(), instance: "ib" });
+}
+
+const store = storeA as MessageStore & { publishes?: boolean };
+let next = 0;
+async function sendOne(): Promise<void> {
+  const n = next++;
+  const sender = `s${n % USERS}`;
+  const recipient = `r${n % USERS}`;
+  const id = `m${n}`;
+  const text = JSON.stringify({ id, type: 2001, from: sender, to: recipient, body: `unit ${n}` });
+  const message = { sender, id, type: 2001, recipients: [recipient], text, acceptedAt: Date.now() };
+  const delivery: Delivery = {
+    stored: { sender, id },
+    text,
+    users: [recipient],
+    echoTo: sender,
+    origin: { instance: "ia", conn: 1 },
+    acceptedAt: message.acceptedAt,
+  };
+  await store.accept(message, delivery);
+  if (!store.publishes) await brokerA.publish(delivery);
+}
+
+async function run(count: number): Promise<void> {
+  const target = delivered + count;
+  let started = 0;
+  const lane = async () => {
+    while (started < count) {
+      started++;
+      await sendOne();
+    }
+  };
+  await Promise.all(Array.from({ length: WINDOW }, lane));
+  while (delivered < target) {
+    const woken = Promise.withResolvers<void>();
+    wake = woken.resolve;
+    await woken.promise;
+  }
+  // Let the last batch of marks reach Redis.
+  await new Promise((resolve) => setTimeout(resolve, 50));
+}
+
+const probe = createClient({ url });
+await probe.connect();
+const cpuSplit = async () => {
+  const info = await probe.info("cpu");
+  const field = (name: string) => Number(info.match(new RegExp(`${name}:([\\d.]+)`))?.[1]);
+  return { sys: field("used_cpu_sys"), user: field("used_cpu_user") };
+};
+let split = { sys: 0, user: 0 };
+const cpu = async () => {
+  const now = await cpuSplit();
+  const delta = { sys: now.sys - split.sys, user: now.user - split.user };
+  split = now;
+  return delta;
+};
+const streams = async () => {
+  let total = 0;
+  for await (const keys of probe.scanIterator({ TYPE: "stream", COUNT: 1000 })) {
+    for (const key of keys) {
+      const reply = await probe.sendCommand(["XINFO", "STREAM", key]) as unknown[];
+      // The old single stream is read by both instances.
+      const readers = key === "im:broker" ? INSTANCES : 1;
+      total += Number(reply[reply.indexOf("entries-added") + 1]) * readers;
+    }
+  }
+  return total;
+};
+
+await run(Math.min(5000, MESSAGES));
+await probe.sendCommand(["CONFIG", "RESETSTAT"]);
+const entriesBefore = await streams();
+await cpu();
+const ownBefore = process.cpuUsage();
+const started = performance.now();
+await run(MESSAGES);
+const seconds = (performance.now() - started) / 1000;
+const { sys, user } = await cpu();
+const used = sys + user;
+const own = process.cpuUsage(ownBefore);
+const entries = await streams() - entriesBefore;
+console.log(
+  `${pin ? "Redis pinned to CPU 0" : "Redis unpinned"}; ${MESSAGES} messages in ${
+    seconds.toFixed(1)
+  } s with ${INSTANCES} instances, maxPerUser ${maxPerUser}; Redis CPU ${
+    (used / MESSAGES * 1e6).toFixed(1)
+  } us/msg (user ${(user / MESSAGES * 1e6).toFixed(1)}, sys ${
+    (sys / MESSAGES * 1e6).toFixed(1)
+  }); entries read ${(entries / MESSAGES).toFixed(2)} per msg; Redis ${
+    (used / seconds * 100).toFixed(0)
+  }% of a core; this process (the backends of every instance) ${
+    ((own.user + own.system) / MESSAGES).toFixed(1)
+  } us/msg`,
+);
+
+if (Deno.args.includes("--commandstats")) {
+  for (const line of (await probe.info("commandstats")).split("\r\n")) {
+    const match = line.match(/^cmdstat_(\S+):calls=(\d+),usec=(\d+)/);
+    if (!match || /^(info|xinfo|scan|config)/.test(match[1])) continue;
+    const [, name, calls, usec] = match;
+    console.log(
+      `  ${name}: ${(Number(calls) / MESSAGES).toFixed(2)} calls/msg, ${
+        (Number(usec) / MESSAGES).toFixed(2)
+      } us/msg`,
+    );
+  }
+}
+// Memory per stored message, and the cost of registers (presence add, the kick of the same
+// client elsewhere, the replay read) and of the disconnects that follow.
+const memory = async () => {
+  const info = await probe.info("memory");
+  return Number(info.match(/used_memory:(\d+)/)?.[1]);
+};
+const memoryAfterMessages = await memory();
+console.log(
+  `Redis memory per stored message (1 recipient, not acknowledged, ~100-byte text): ${
+    Math.round(memoryAfterMessages / (next || 1))
+  } bytes (all ${next} messages, including the warm-up)`,
+);
+if (!Deno.args.includes("--no-registers")) {
+  // Receipts: the recipient (on B) acknowledges each message of the measured run; the receipt
+  // frame goes to the sender (on A, which holds nobody here: its presence has no entry).
+  const first = next - MESSAGES;
+  const storeReceipts = storeB as MessageStore & { publishes?: boolean };
+  await cpu();
+  let acked = 0;
+  const lane = async () => {
+    while (acked < MESSAGES) {
+      const n = first + acked++;
+      const key = { sender: `s${n % USERS}`, id: `m${n}` };
+      const receipt: Delivery = {
+        text: JSON.stringify({ id: key.id, type: 9101, from: `r${n % USERS}`, to: key.sender }),
+        users: [key.sender],
+        echoTo: `r${n % USERS}`,
+        origin: { instance: "ib", conn: 1 },
+      };
+      await storeReceipts.acknowledge(`r${n % USERS}`, key, receipt);
+      if (!storeReceipts.publishes) await brokerB.publish(receipt);
+    }
+  };
+  await Promise.all(Array.from({ length: WINDOW }, lane));
+  const receipts = await cpu();
+  console.log(
+    `receipts: Redis CPU ${
+      ((receipts.sys + receipts.user) / MESSAGES * 1e6).toFixed(1)
+    } us each (acknowledge and route the receipt frame)`,
+  );
+
+  const REGISTERS = 5000;
+  const memoryBefore = await memory();
+  await cpu();
+  const entries: PresenceEntry[] = [];
+  for (let i = 0; i < REGISTERS; i += 50) {
+    await Promise.all(Array.from({ length: 50 }, async (_, j) => {
+      const entry = { userId: `c${i + j}`, clientName: "web", since: Date.now(), instance: "ib" };
+      entries.push(entry);
+      await brokerB.kick({
+        userId: entry.userId,
+        clientName: "web",
+        code: 4001,
+        reason: "replaced",
+        except: { instance: "ib", conn: i + j },
+      });
+      await presence.add(entry);
+      await storeB.unacknowledged(entry.userId);
+    }));
+  }
+  const registered = await cpu();
+  const memoryRegistered = await memory();
+  for (const entry of entries) await presence.remove(entry);
+  const removed = await cpu();
+  console.log(
+    `registers: Redis CPU ${
+      ((registered.sys + registered.user) / REGISTERS * 1e6).toFixed(1)
+    } us each (kick to 2 instances, presence add, replay read); ${
+      Math.round((memoryRegistered - memoryBefore) / REGISTERS)
+    } bytes of Redis memory per connected user; disconnects ${
+      ((removed.sys + removed.user) / REGISTERS * 1e6).toFixed(1)
+    } us each`,
+  );
+}
+await probe.close();
+await brokerA.close();
+await brokerB.close();
+for (const broker of others) await broker.close();
+await presence.close();
+await storeA.close();
+await storeB.close();
+redis.kill("SIGKILL");
+await redis.status;
