@@ -224,6 +224,30 @@ Deno.test("a fragmented message within maxFrameBytes is delivered, a ping inside
   await pair.exchange();
 });
 
+Deno.test("a frame sent a few bytes at a time is read once it is whole", async () => {
+  await using srv = await startServer();
+  const conn = await rawWebSocket(portOf(srv));
+  const text = JSON.stringify({
+    id: "slow-1",
+    type: 2001,
+    isSystem: false,
+    from: "u1",
+    to: "u2",
+    body: "x",
+  });
+  const bytes = frame(0x1, true, encoder.encode(text + " ".repeat(300)));
+  for (let i = 0; i < bytes.length; i += 7) await conn.write(bytes.subarray(i, i + 7));
+  const buf = new Uint8Array(4096);
+  let answer = "";
+  while (!answer.includes("slow-1")) {
+    const n = await conn.read(buf);
+    assert(n !== null, "answered before closing");
+    answer += decoder.decode(buf.subarray(0, n));
+  }
+  conn.close();
+  assert(answer.includes('\\"code\\":402'), answer);
+});
+
 Deno.test("slow request heads are cut at limits.headerTimeoutSeconds", async () => {
   await using srv = await startServer({ limits: { headerTimeoutSeconds: 1 } });
   const pair = await bystanders(srv);

@@ -48,7 +48,11 @@ export class WsConnection {
   #socket: Duplex;
   #handlers: WsHandlers;
   #maxMessageBytes: number;
-  #pending: Buffer = EMPTY;
+  /** Received bytes not parsed yet: kept as chunks until the next frame can be complete. */
+  #pending: Buffer[] = [];
+  #pendingBytes = 0;
+  /** Bytes the frame at the start of `#pending` needs before it can be parsed further. */
+  #need = 2;
   /** Fragments of the message being received (text or binary by `#fragmentOp`). */
   #fragments: Buffer[] = [];
   #fragmentBytes = 0;
@@ -109,7 +113,8 @@ export class WsConnection {
   #fail(code: number, reason: string) {
     this.#socket.off("data", this.#onData);
     this.#socket.pause();
-    this.#pending = EMPTY;
+    this.#pending = [];
+    this.#pendingBytes = 0;
     this.#fragments = [];
     this.#handlers.refused(code);
     this.close(code, reason);
@@ -124,8 +129,15 @@ export class WsConnection {
   }
 
   #onData = (chunk: Buffer) => {
-    let buf = this.#pending.length > 0 ? Buffer.concat([this.#pending, chunk]) : chunk;
     this.#handlers.activity();
+    // A frame trickling in byte by byte is gathered, not copied again at every chunk.
+    this.#pending.push(chunk);
+    this.#pendingBytes += chunk.length;
+    if (this.#pendingBytes < this.#need) return;
+    let buf = this.#pending.length === 1 ? chunk : Buffer.concat(this.#pending);
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    this.#need = 2;
     while (buf.length >= 2) {
       const b0 = buf[0];
       const b1 = buf[1];
@@ -136,11 +148,17 @@ export class WsConnection {
       let length = b1 & 0x7f;
       let at = 2;
       if (length === 126) {
-        if (buf.length < 4) break;
+        if (buf.length < 4) {
+          this.#need = 4;
+          break;
+        }
         length = buf.readUInt16BE(2);
         at = 4;
       } else if (length === 127) {
-        if (buf.length < 10) break;
+        if (buf.length < 10) {
+          this.#need = 10;
+          break;
+        }
         if (buf.readUInt32BE(2) !== 0) {
           return this.#fail(CloseCode.TOO_LARGE.code, CloseCode.TOO_LARGE.reason);
         }
@@ -155,13 +173,19 @@ export class WsConnection {
       if (!control && this.#fragmentBytes + length > this.#maxMessageBytes) {
         return this.#fail(CloseCode.TOO_LARGE.code, CloseCode.TOO_LARGE.reason);
       }
-      if (buf.length < at + 4 + length) break;
+      if (buf.length < at + 4 + length) {
+        this.#need = at + 4 + length;
+        break;
+      }
       const payload = buf.subarray(at + 4, at + 4 + length);
       unmask(payload, buf, at);
       buf = buf.subarray(at + 4 + length);
       if (this.#frame(opcode, fin, payload) === false) return;
     }
-    this.#pending = buf.length > 0 ? Buffer.from(buf) : EMPTY;
+    if (buf.length > 0) {
+      this.#pending = [Buffer.from(buf)];
+      this.#pendingBytes = buf.length;
+    }
   };
 
   /** Handles one frame; false when the connection ended. */
