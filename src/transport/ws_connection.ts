@@ -75,7 +75,7 @@ export class WsConnection {
 
   /** Whether frames can still be sent. */
   get isOpen(): boolean {
-    return !this.#closeSent && !this.#ended;
+    return !this.#closeSent && !this.#ended && this.#socket.writable;
   }
 
   /** Bytes written but not yet handed to the network. */
