@@ -4,7 +4,7 @@
  * `bench/load_gen.ts` (bare dialect), and the fragment attack of `fragment_attack.ts`.
  * Prints one JSON line per cell and a median table at the end.
  *
- * Usage: `deno run -A bench/transport/compare.ts [--runs 3] [--modes deno,ws,netws]
+ * Usage: `deno run -A bench/transport/compare.ts [--runs 3] [--modes deno,ws,own]
  * [--rate 6000] [--attack-seconds 8] [--no-attack]`
  *
  * @module
@@ -22,7 +22,7 @@ function flag(name: string, fallback: string): string {
 const root = new URL("../../", import.meta.url).pathname;
 const deno = Deno.execPath();
 const runs = Number(flag("runs", "3"));
-const modes = flag("modes", "deno,ws,netws").split(",");
+const modes = flag("modes", "deno,ws,own").split(",");
 const rate = Number(flag("rate", "6000"));
 const attackSeconds = Number(flag("attack-seconds", "8"));
 const attack = !Deno.args.includes("--no-attack");
