@@ -45,6 +45,8 @@ export class Conn {
   #ws!: RawWs;
   #dialect: Dialect;
   #textPrefix = "";
+  /** One prefix per recipient when frames go to several targets in turn (`setTargets`). */
+  #textPrefixes?: string[];
   #receiptPrefix = "";
   #onFrame: FrameHandler = () => {};
 
@@ -65,9 +67,19 @@ export class Conn {
       `","type":9101,"isSystem":false,"from":"${this.userId}","body":${RECEIPT_BODY},"to":"`;
   }
 
-  /** Sends text frame `m<seq>` to the target set by `setTarget`. */
+  /** Sends frame `m<seq>` to one of `targets` in turn (by `seq`), each frame to one of them. */
+  setTargets(targets: string[], body: string): void {
+    this.#textPrefixes = targets.map((to) => {
+      this.setTarget(to, body);
+      return this.#textPrefix;
+    });
+  }
+
+  /** Sends text frame `m<seq>` to the target set by `setTarget` (or `setTargets`). */
   sendText(seq: number): void {
-    const frame = '{"id":"m' + seq + this.#textPrefix + Date.now() + "}";
+    const prefixes = this.#textPrefixes;
+    const prefix = prefixes ? prefixes[seq % prefixes.length] : this.#textPrefix;
+    const frame = '{"id":"m' + seq + prefix + Date.now() + "}";
     this.#ws.send(this.#dialect === "sio" ? "42" + seq + '["m",' + frame + "]" : frame);
   }
 

@@ -118,5 +118,7 @@ export function merge(results: GenResult[]): GenResult {
     loginRate: sum("loginRate"),
     bytesPerConn: results[0].bytesPerConn,
     bytesPerConnAvg: results[0].bytesPerConnAvg,
+    bytesPerMessage: results[0].bytesPerMessage,
+    textBytes: results[0].textBytes,
   };
 }

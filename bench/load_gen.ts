@@ -11,7 +11,7 @@ import { CpuMeter, machineBusySeconds, memory } from "./proc_stats.ts";
 import { LatencyRecorder } from "./stats.ts";
 
 /** The scenarios the generator knows. */
-export type Scenario = "relay" | "fanout" | "open" | "idle";
+export type Scenario = "relay" | "fanout" | "open" | "idle" | "backlog";
 
 /** What `bench/run.ts` asks the generator to do. */
 export interface GenOptions {
@@ -25,7 +25,10 @@ export interface GenOptions {
   path: string;
   /** Process id of the server, for CPU and memory. */
   serverPid: number;
-  /** Users (relay, open: senders and recipients; idle: connections; fanout: recipients + 1). */
+  /**
+   * Users (relay, open: senders and recipients; idle: connections; fanout, backlog: recipients +
+   * 1).
+   */
   users: number;
   /** Frames a sender may have without a 9001 reply (closed loop). */
   window: number;
@@ -39,6 +42,8 @@ export interface GenOptions {
   durationMs: number;
   /** Offered frames per second in total (open loop). */
   rate: number;
+  /** Backlog: messages left waiting for offline recipients, measured (after as many warm-up). */
+  messages?: number;
   /** Connections opened at once while connecting. */
   concurrency: number;
   /** Index of this generator's first user (u<offset+1>), when several generators share a cell. */
@@ -88,6 +93,10 @@ export interface GenResult {
   bytesPerConn: number;
   /** Idle: server RSS growth per connection over all of them (from before the first), bytes. */
   bytesPerConnAvg: number;
+  /** Backlog: server RSS growth per message held for an offline recipient, bytes. */
+  bytesPerMessage: number;
+  /** Backlog: average length of a message's text (the frame as delivered), bytes. */
+  textBytes: number;
 }
 
 const MASK = (1 << 20) - 1;
@@ -112,6 +121,8 @@ function emptyResult(): GenResult {
     loginRate: NaN,
     bytesPerConn: NaN,
     bytesPerConnAvg: NaN,
+    bytesPerMessage: NaN,
+    textBytes: NaN,
   };
 }
 
@@ -298,6 +309,75 @@ async function runIdle(options: GenOptions): Promise<GenResult> {
   return result;
 }
 
+/**
+ * Backlog: one sender, 100 offline recipients in turn; the server's RSS growth per message left
+ * waiting for them (our server keeps each until it is acknowledged; the peers keep nothing).
+ */
+async function runBacklog(options: GenOptions): Promise<GenResult> {
+  const settle = Math.max(1000, options.warmupMs);
+  const [sender] = await connectAll(options, 1);
+  const targets = Array.from({ length: options.users - 1 }, (_, i) => `u${i + 2}`);
+  sender.setTargets(targets, "hello backlog");
+  const count = options.messages ?? 50_000;
+  let seq = 0;
+  let answered = 0;
+  let errors = 0;
+  let goal = 0;
+  let done = () => {};
+  sender.onFrame((conn, frame) => {
+    if (frame.type !== 9001 || frame.seq < 0) return;
+    if (!frame.ok) errors++;
+    conn.outstanding--;
+    answered++;
+    while (seq < goal && conn.outstanding < options.window) {
+      conn.outstanding++;
+      conn.sendText(seq++);
+    }
+    if (answered === goal) done();
+  });
+  const sendUpTo = (n: number) => {
+    const { promise, resolve } = Promise.withResolvers<void>();
+    done = resolve;
+    goal = n;
+    while (seq < goal && sender.outstanding < options.window) {
+      sender.outstanding++;
+      sender.sendText(seq++);
+    }
+    return promise;
+  };
+  // Warm-up: as many messages again, so the heap has grown into its working size.
+  await sendUpTo(count);
+  await delay(settle);
+  const before = memory(options.serverPid).rss;
+  const serverCpu = new CpuMeter(options.serverPid);
+  const genCpu = new CpuMeter("self");
+  serverCpu.start();
+  genCpu.start();
+  const t0 = performance.now();
+  await sendUpTo(2 * count);
+  const seconds = (performance.now() - t0) / 1000;
+  const result = emptyResult();
+  result.serverCpu = serverCpu.stop();
+  result.genCpu = genCpu.stop();
+  await delay(settle);
+  const mem = memory(options.serverPid);
+  let textBytes = 0;
+  for (const to of targets) {
+    const frame = `{"id":"m${count}","type":2001,"isSystem":false,"from":"u1","to":"${to}",` +
+      `"body":"hello backlog","timestamp":${Date.now()}}`;
+    textBytes += frame.length;
+  }
+  result.sent = count / seconds;
+  result.replies = count / seconds;
+  result.errors = errors;
+  result.bytesPerMessage = (mem.rss - before) / count;
+  result.textBytes = textBytes / targets.length;
+  result.serverRss = mem.rss;
+  result.serverPeakRss = mem.peak;
+  sender.close();
+  return result;
+}
+
 if (import.meta.main) {
   const options = JSON.parse(Deno.args[0]) as GenOptions;
   const timeout = setTimeout(() => {
@@ -305,7 +385,11 @@ if (import.meta.main) {
     Deno.exit(2);
   }, 120_000 + options.warmupMs + options.durationMs);
   try {
-    const result = options.scenario === "idle" ? await runIdle(options) : await runTraffic(options);
+    const result = options.scenario === "idle"
+      ? await runIdle(options)
+      : options.scenario === "backlog"
+      ? await runBacklog(options)
+      : await runTraffic(options);
     console.log(JSON.stringify(result));
     clearTimeout(timeout);
     await delay(50);

@@ -5,10 +5,14 @@
  *
  * Flags (defaults in brackets): `--quick` (1 run, short phases, 2,000 idle connections),
  * `--runs N` [3], `--warmup S` [1], `--duration S` [2.5], `--users N` [200], `--window N` [2],
- * `--rate N` [10000], `--idle N` [10000], `--idle-runs N` [1: the idle cells are slow and steady],
+ * `--deep-window N` [32: the window of the second relay cell], `--rate N` [10000],
+ * `--idle N` [10000], `--idle-runs N` [1: the idle cells are slow and steady],
+ * `--messages N` [50000: messages left waiting in the backlog cell],
  * `--gens N` [1: generator processes for the relay, receipts and open-loop cells],
- * `--only relay,receipts,plugin,fanout,open,idle`,
- * `--targets im-memory,im-sqlite,im-plugin,im-plugin-inproc,bare,socketio`, `--out FILE` [.bench-out/bench-<time>.json].
+ * `--only relay,relay-deep,receipts,plugin,fanout,open,idle,backlog`,
+ * `--targets im-memory,im-sqlite,im-base,im-plugin,im-plugin-inproc,bare,socketio`,
+ * `--base DIR` [our server from another tree as the target `im-base`, e.g. a worktree of the last
+ * commit, for before/after in one run], `--out FILE` [.bench-out/bench-<time>.json].
  *
  * @module
  */
@@ -36,6 +40,8 @@ interface Cell {
   scenario: Scenario;
   receipts: boolean;
   targets: TargetName[];
+  /** Frames in flight per sender; the settings' window when absent. */
+  window?: number;
   /** Type of the relayed frames. @default 2001 */
   frameType?: number;
 }
@@ -47,8 +53,11 @@ interface Settings {
   durationMs: number;
   users: number;
   window: number;
+  deepWindow: number;
   rate: number;
   idle: number;
+  messages: number;
+  base?: string;
   idleRuns: number;
   gens: number;
   only?: string[];
@@ -79,6 +88,9 @@ function parseArgs(args: string[]): Settings {
     "--duration",
     "--users",
     "--window",
+    "--deep-window",
+    "--messages",
+    "--base",
     "--rate",
     "--idle",
     "--idle-runs",
@@ -97,8 +109,11 @@ function parseArgs(args: string[]): Settings {
     durationMs: number("duration", quick ? 1.5 : 2.5) * 1000,
     users: number("users", 200),
     window: number("window", 2),
+    deepWindow: number("deep-window", 32),
     rate: number("rate", 10_000),
     idle: number("idle", quick ? 2000 : 10_000),
+    messages: number("messages", quick ? 10_000 : 50_000),
+    base: value("base"),
     idleRuns: number("idle-runs", 1),
     gens: number("gens", 1),
     only: value("only")?.split(","),
@@ -114,14 +129,22 @@ function matrix(s: Settings): Cell[] {
       label: `relay ${s.users} users`,
       scenario: "relay",
       receipts: false,
-      targets: ["im-memory", "bare", "socketio"],
+      targets: ["im-memory", "im-base", "bare", "socketio"],
+    },
+    {
+      key: "relay-deep",
+      label: `relay, window ${s.deepWindow}`,
+      scenario: "relay",
+      receipts: false,
+      targets: ["im-memory", "im-base", "bare", "socketio"],
+      window: s.deepWindow,
     },
     {
       key: "receipts",
       label: `relay + receipts`,
       scenario: "relay",
       receipts: true,
-      targets: ["im-sqlite", "im-memory", "bare", "socketio"],
+      targets: ["im-sqlite", "im-memory", "im-base", "bare", "socketio"],
     },
     {
       key: "plugin",
@@ -136,21 +159,29 @@ function matrix(s: Settings): Cell[] {
       label: "fan-out ×100",
       scenario: "fanout",
       receipts: false,
-      targets: ["im-memory", "bare", "socketio"],
+      targets: ["im-memory", "im-base", "bare", "socketio"],
     },
     {
       key: "open",
       label: `open loop ${s.rate / 1000}k/s`,
       scenario: "open",
       receipts: false,
-      targets: ["im-memory", "im-sqlite", "bare", "socketio"],
+      targets: ["im-memory", "im-sqlite", "im-base", "bare", "socketio"],
     },
     {
       key: "idle",
       label: `idle ${s.idle}`,
       scenario: "idle",
       receipts: false,
-      targets: ["im-memory", "bare", "socketio"],
+      targets: ["im-memory", "im-base", "bare", "socketio"],
+    },
+    {
+      key: "backlog",
+      label: `backlog ${s.messages / 1000}k`,
+      scenario: "backlog",
+      receipts: false,
+      targets: ["im-memory", "im-sqlite", "im-base", "bare", "socketio"],
+      window: s.deepWindow,
     },
   ];
   for (const name of s.only ?? []) {
@@ -161,12 +192,18 @@ function matrix(s: Settings): Cell[] {
   }
   return all
     .filter((c) => !s.only || s.only.includes(c.key))
-    .map((c) => ({ ...c, targets: c.targets.filter((t) => !s.targets || s.targets.includes(t)) }))
+    .map((c) => ({
+      ...c,
+      targets: c.targets.filter((t) =>
+        s.targets ? s.targets.includes(t) : t !== "im-base" || s.base !== undefined
+      ),
+    }))
     .filter((c) => c.targets.length > 0);
 }
 
 function usersFor(cell: Cell, s: Settings): number {
-  return cell.scenario === "idle" ? s.idle : cell.scenario === "fanout" ? 101 : s.users;
+  if (cell.scenario === "idle") return s.idle;
+  return cell.scenario === "fanout" || cell.scenario === "backlog" ? 101 : s.users;
 }
 
 async function runCell(
@@ -186,12 +223,13 @@ async function runCell(
       path: "websocket",
       serverPid: server.pid,
       users,
-      window: s.window,
+      window: cell.window ?? s.window,
       receipts: cell.receipts,
       frameType: cell.frameType,
       warmupMs: s.warmupMs,
       durationMs: s.durationMs,
       rate: s.rate,
+      messages: s.messages,
       concurrency: 64,
       offset: 0,
       gen: 0,
@@ -233,7 +271,12 @@ if (import.meta.main) {
     });
   }
   const root = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
-  const paths: Paths = { root, deno: Deno.execPath() };
+  const paths: Paths = {
+    root,
+    deno: Deno.execPath(),
+    base: settings.base &&
+      (settings.base.startsWith("/") ? settings.base : `${Deno.cwd()}/${settings.base}`),
+  };
   const cells = matrix(settings);
   if (cells.some((c) => c.targets.includes("socketio"))) await ensurePeers(paths);
   const results = new Map<string, GenResult[]>();
@@ -241,7 +284,8 @@ if (import.meta.main) {
   const began = performance.now();
   for (let run = 1; run <= settings.runs; run++) {
     for (const cell of cells) {
-      if (cell.scenario === "idle" && run > Math.min(settings.runs, settings.idleRuns)) continue;
+      const slow = cell.scenario === "idle" || cell.scenario === "backlog";
+      if (slow && run > Math.min(settings.runs, settings.idleRuns)) continue;
       for (const target of cell.targets) {
         const id = `${cell.key}/${target}`;
         const reason = unavailable(target, paths);
@@ -283,9 +327,9 @@ if (import.meta.main) {
   const seconds = (performance.now() - began) / 1000;
   console.log(
     `\n${new Date().toISOString()} — ${machine()} — median of ${settings.runs} run(s), ` +
-      `idle cells ${Math.min(settings.runs, settings.idleRuns)} run(s), ` +
+      `idle and backlog cells ${Math.min(settings.runs, settings.idleRuns)} run(s), ` +
       `warmup ${settings.warmupMs / 1000} s, measured ${settings.durationMs / 1000} s, ` +
-      `window ${settings.window}, ${settings.gens} generator process(es), ` +
+      `window ${settings.window} (deep ${settings.deepWindow}), ${settings.gens} generator process(es), ` +
       `Deno servers run with ${startV8Flags(root).join(" ") || "no V8 flags"}, total ${
         seconds.toFixed(0)
       } s\n`,

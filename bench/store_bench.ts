@@ -53,7 +53,7 @@ async function drive(store: MessageStore, count: number, lifecycle: boolean): Pr
       if (lifecycle) {
         const key = { sender, id };
         followUps.push(
-          store.markDelivered(recipient, [key]).then(() => store.acknowledge(recipient, key)),
+          store.markDeliveredTo(key, [recipient]).then(() => store.acknowledge(recipient, key)),
         );
         if (followUps.length >= 10_000) await Promise.all(followUps.splice(0));
       }

@@ -7,10 +7,14 @@
  */
 import type { Dialect } from "./client.ts";
 
-/** Names of the servers under test. */
+/**
+ * Names of the servers under test. `im-base` is our server (memory storage) from another tree,
+ * given with `--base DIR`: a before/after comparison in the same run.
+ */
 export type TargetName =
   | "im-memory"
   | "im-sqlite"
+  | "im-base"
   | "im-plugin"
   | "im-plugin-inproc"
   | "bare"
@@ -20,6 +24,7 @@ export type TargetName =
 export const TARGETS: readonly TargetName[] = [
   "im-memory",
   "im-sqlite",
+  "im-base",
   "im-plugin",
   "im-plugin-inproc",
   "bare",
@@ -58,6 +63,8 @@ export interface Paths {
   root: string;
   /** The `deno` executable running this benchmark. */
   deno: string;
+  /** Root of another tree whose server runs as `im-base` (`--base DIR`). */
+  base?: string;
 }
 
 /** The dialect the load generator speaks with a target. */
@@ -67,10 +74,12 @@ export function dialectOf(target: TargetName): Dialect {
 
 /** Whether a target can run here; a reason when it cannot. */
 export function unavailable(target: TargetName, paths: Paths): string | undefined {
+  if (target === "im-base" && !paths.base) return "no --base tree given";
   if (target.startsWith("im-")) {
+    const root = target === "im-base" ? paths.base! : paths.root;
     for (const file of ["main.ts", "src/server.ts"]) {
       try {
-        Deno.statSync(`${paths.root}/${file}`);
+        Deno.statSync(`${root}/${file}`);
       } catch {
         return `our server is not in this tree yet (${file} missing)`;
       }
@@ -179,9 +188,10 @@ export async function start(target: TargetName, users: number, paths: Paths): Pr
       config,
       imConfig(users, target === "im-sqlite" ? "sqlite" : "memory", dir, isolation),
     );
+    const root = target === "im-base" ? paths.base! : paths.root;
     command = new Deno.Command(paths.deno, {
-      args: ["run", ...v8Flags, "-A", "main.ts", "--config", config],
-      cwd: paths.root,
+      args: ["run", ...startV8Flags(root), "-A", "main.ts", "--config", config],
+      cwd: root,
       stdout: "piped",
       stderr: "piped",
     });

@@ -246,6 +246,46 @@ export function storeConformance(
       assert.deepEqual(keys(await store.unacknowledged("bob")), ["alice/m1", "alice/m2"]);
     });
 
+    await step("markDeliveredTo() marks one message for many users at once", async (store) => {
+      const users = Array.from({ length: 40 }, (_, i) => `user${i}`);
+      const wide = message("alice", "wide", users);
+      const other = message("alice", "other", ["user1"]);
+      await store.accept(wide);
+      await store.accept(other);
+      await store.acknowledge("user3", wide);
+      // Out of order, with a gap, an acknowledged user and users it is not addressed to.
+      await store.markDeliveredTo(wide, ["user5", "user1", "user2", "user3", "nobody", "user39"]);
+      await store.markDeliveredTo({ sender: "alice", id: "unknown" }, ["user1"]);
+      await store.markDeliveredTo(other, []);
+      const stateFor = async (user: string, id = "wide") =>
+        (await store.history(user, "alice", { limit: 10 })).messages.find((m) => m.id === id)
+          ?.state;
+      assert.equal(await stateFor("user0"), "pending");
+      assert.equal(await stateFor("user1"), "delivered");
+      assert.equal(await stateFor("user2"), "delivered");
+      assert.equal(await stateFor("user3"), "acknowledged", "never back from acknowledged");
+      assert.equal(await stateFor("user4"), "pending");
+      assert.equal(await stateFor("user5"), "delivered");
+      assert.equal(await stateFor("user39"), "delivered");
+      assert.equal(await stateFor("user1", "other"), "pending", "only the message named");
+      assert.equal(await store.pendingCount(), 40, "delivered is still unacknowledged");
+      // The whole recipient list, in its order: the path of a live delivery.
+      await store.markDeliveredTo(wide, users);
+      for (const user of ["user0", "user4", "user20"]) {
+        assert.equal(await stateFor(user), "delivered", user);
+      }
+      assert.equal(await stateFor("user3"), "acknowledged");
+      assert.equal((await store.unacknowledged("user20")).length, 1);
+    });
+
+    await step("markDeliveredTo() with a single user", async (store) => {
+      const m = message("alice", "m1", ["bob"]);
+      await store.accept(m);
+      await store.markDeliveredTo(m, ["bob"]);
+      const page = await store.history("bob", "alice", { limit: 10 });
+      assert.equal(page.messages[0].state, "delivered");
+    });
+
     await step("each of many recipients has a state of its own", async (store) => {
       const users = Array.from({ length: 40 }, (_, i) => `user${i}`);
       const m = message("alice", "wide", users);

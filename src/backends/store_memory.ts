@@ -5,9 +5,10 @@
  * Layout, chosen for the per-frame path (bench/README.md has the figures):
  * - one record per message, found by sender then id: two lookups on strings
  *   that already carry their hash, rather than a joined key built per call;
- * - the delivery state of each recipient lives on the record (a field for the
- *   first recipient, an array for the others), so no map entry is made per
- *   (recipient, message);
+ * - the delivery state of each recipient lives on the record (a field for a
+ *   single recipient, two bits each in a small array for several), so no map
+ *   entry is made per (recipient, message), and a record keeps the inbox's
+ *   copy of each userId, not the frame's;
  * - each recipient's inbox is a queue of records in acceptance order. Nothing
  *   leaves it except from the front (the per-user cap and the retention sweep),
  *   so it is an array with a moving head.
@@ -34,24 +35,105 @@ import type { Logger } from "../log.ts";
 const PENDING = 0, DELIVERED = 1, ACKNOWLEDGED = 2, GONE = 3;
 const STATE_NAMES: DeliveryState[] = ["pending", "delivered", "acknowledged"];
 
-/** Above this many recipients a record gets a map from recipient to index. */
+/** Above this many recipients a list gets a map from recipient to index. */
 const INDEXED_RECIPIENTS = 16;
+/** States packed per element of {@link Several.states}: 2 bits each, 30 bits (a small integer). */
+const PER_WORD = 15;
 
-interface Record extends StoredMessage {
-  seq: number;
-  recipients: string[];
-  /** Recipients still holding the message. */
-  holders: number;
-  /** State for `recipients[0]`. */
-  first: number;
-  /** States for `recipients[1..]`, absent for a single recipient. */
-  rest?: number[];
-  /** Recipient → index, for long recipient lists. */
-  index?: Map<string, number>;
+/**
+ * `acceptedAt` is kept as milliseconds from this instant, a small integer for
+ * ±24 days around it: a field of small integers is stored in the object, a
+ * field of larger numbers takes a 16-byte box per record. (Past that range V8
+ * widens the field for every record; nothing breaks.)
+ */
+const EPOCH = Date.now();
+
+/**
+ * One kept message, in 8 fields: the layout decides the memory per waiting
+ * message (bench/README.md, "backlog"). A single recipient costs no array:
+ * `to` is its userId and `state` its delivery state. With several, `to` holds
+ * the list and their states, and `state` counts those still holding it. A
+ * class, not an object literal: V8 gives its instances exactly 8 fields (88
+ * bytes), a literal of 8 properties took 104 here.
+ */
+class Record {
+  constructor(
+    readonly seq: number,
+    readonly sender: string,
+    readonly id: string,
+    readonly type: number,
+    readonly text: string,
+    /** acceptedAt − {@link EPOCH}. */
+    readonly at: number,
+    public to: string | Several,
+    public state: number,
+  ) {}
+}
+
+/** The recipients of a record with several. */
+interface Several {
+  /** The userIds, often shared with the sender's other records to the same list. */
+  list: string[];
+  /** Their delivery states, two bits each, {@link PER_WORD} per element. */
+  states: number[];
+}
+
+/**
+ * userId → slot of long recipient lists, built when a lookup (a receipt) needs
+ * it; one per list, so the messages of a group that share a list share it.
+ */
+const indexes = new WeakMap<readonly string[], Map<string, number>>();
+
+function recipientsOf(record: Record): string[] {
+  const { to } = record;
+  return typeof to === "string" ? [to] : to.list;
+}
+
+/** The slot of `user` among the record's recipients, -1 when not one of them. */
+function slotOf(record: Record, user: string): number {
+  const { to } = record;
+  if (typeof to === "string") return to === user ? 0 : -1;
+  const { list } = to;
+  if (list[0] === user) return 0;
+  if (list.length <= INDEXED_RECIPIENTS) return list.indexOf(user);
+  let index = indexes.get(list);
+  if (!index) indexes.set(list, index = new Map(list.map((u, i) => [u, i])));
+  return index.get(user) ?? -1;
+}
+
+function stateAt(record: Record, slot: number): number {
+  const { to } = record;
+  if (typeof to === "string") return record.state;
+  return (to.states[(slot / PER_WORD) | 0] >> ((slot % PER_WORD) * 2)) & 3;
+}
+
+function setState(record: Record, slot: number, state: number): void {
+  const { to } = record;
+  if (typeof to === "string") {
+    record.state = state;
+    return;
+  }
+  const word = (slot / PER_WORD) | 0;
+  const shift = (slot % PER_WORD) * 2;
+  to.states[word] = (to.states[word] & ~(3 << shift)) | (state << shift);
+}
+
+function sameList(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Drops one recipient's hold; true when it was the last one. */
+function release(record: Record): boolean {
+  if (typeof record.to === "string") return true;
+  return --record.state === 0;
 }
 
 /** One recipient's messages, oldest first, from `head` on. */
 interface Inbox {
+  /** The recipient: the one copy of the userId that records point to. */
+  user: string;
   records: Record[];
   head: number;
 }
@@ -72,29 +154,14 @@ const DONE: Promise<void> = Promise.resolve();
 const KNOWN = Promise.resolve(true);
 const UNKNOWN = Promise.resolve(false);
 
-function slotOf(record: Record, user: string): number {
-  const { recipients } = record;
-  if (recipients[0] === user) return 0;
-  if (recipients.length <= INDEXED_RECIPIENTS) return recipients.indexOf(user);
-  record.index ??= new Map(recipients.map((u, i) => [u, i]));
-  return record.index.get(user) ?? -1;
-}
-
-function stateAt(record: Record, slot: number): number {
-  return slot === 0 ? record.first : record.rest![slot - 1];
-}
-
-function setState(record: Record, slot: number, state: number): void {
-  if (slot === 0) record.first = state;
-  else record.rest![slot - 1] = state;
-}
-
 /** Keeps messages in maps and arrays; every operation is synchronous under the hood. */
 export class MemoryStore implements MessageStore {
   #seq = 0;
   /** Every kept message: sender → id → record. */
   #bySender = new Map<string, Map<string, Record>>();
   #inbox = new Map<string, Inbox>();
+  /** Each sender's last list of several recipients, shared by its next records to the same list. */
+  #lastList = new Map<string, string[]>();
   #pending = 0;
   #maxPerUser: number;
   #retentionMs: number;
@@ -112,26 +179,33 @@ export class MemoryStore implements MessageStore {
     if (!ids) this.#bySender.set(sender, ids = new Map());
     else if (ids.has(id)) return DUPLICATE;
     const count = recipients.length;
-    const record: Record = {
-      seq: ++this.#seq,
+    // Each userId is kept as the inbox's own string: the frame's copies (one
+    // per recipient of a `to` list) are left to the collector. A sender's next
+    // message to the same list (a group) shares the list of the last one.
+    const last = count === 1 ? undefined : this.#lastList.get(sender);
+    const shared = last !== undefined && sameList(last, recipients);
+    const list = count === 1 ? undefined : shared ? last! : new Array<string>(count);
+    if (list && !shared) this.#lastList.set(sender, list);
+    const record = new Record(
+      ++this.#seq,
       sender,
       id,
-      type: message.type,
-      text: message.text,
-      acceptedAt: message.acceptedAt,
-      recipients,
-      holders: count,
-      first: PENDING,
-      rest: count > 1 ? new Array<number>(count - 1).fill(PENDING) : undefined,
-      index: undefined,
-    };
+      message.type,
+      message.text,
+      message.acceptedAt - EPOCH,
+      list ? { list, states: new Array<number>(Math.ceil(count / PER_WORD)).fill(0) } : "",
+      list ? count : PENDING,
+    );
     ids.set(id, record);
     this.#pending += count;
-    for (const user of recipients) {
+    for (let i = 0; i < count; i++) {
+      const user = recipients[i];
       let inbox = this.#inbox.get(user);
-      if (!inbox) this.#inbox.set(user, inbox = { records: [], head: 0 });
+      if (!inbox) this.#inbox.set(user, inbox = { user, records: [], head: 0 });
+      if (!list) record.to = inbox.user;
+      else if (!shared) list[i] = inbox.user;
       inbox.records.push(record);
-      if (inbox.records.length - inbox.head > this.#maxPerUser) this.#dropOldest(user, inbox);
+      if (inbox.records.length - inbox.head > this.#maxPerUser) this.#dropOldest(inbox.user, inbox);
     }
     return ACCEPTED;
   }
@@ -171,12 +245,15 @@ export class MemoryStore implements MessageStore {
     const state = stateAt(record, slot);
     setState(record, slot, GONE);
     if (state !== ACKNOWLEDGED) this.#pending--;
-    const last = --record.holders === 0;
+    const last = release(record);
     if (last) {
       const ids = this.#bySender.get(record.sender);
       if (ids?.get(record.id) === record) {
         ids.delete(record.id);
-        if (ids.size === 0) this.#bySender.delete(record.sender);
+        if (ids.size === 0) {
+          this.#bySender.delete(record.sender);
+          this.#lastList.delete(record.sender);
+        }
       }
     }
     return { state, last };
@@ -199,8 +276,8 @@ export class MemoryStore implements MessageStore {
       for (let i = inbox.head; i < records.length; i++) {
         const record = records[i];
         if (stateAt(record, slotOf(record, userId)) === ACKNOWLEDGED) continue;
-        const { sender, id, type, text, acceptedAt } = record;
-        result.push({ sender, id, type, text, acceptedAt });
+        const { sender, id, type, text, at } = record;
+        result.push({ sender, id, type, text, acceptedAt: at + EPOCH });
       }
     }
     return Promise.resolve(result);
@@ -212,6 +289,27 @@ export class MemoryStore implements MessageStore {
       if (held && stateAt(held.record, held.slot) === PENDING) {
         setState(held.record, held.slot, DELIVERED);
       }
+    }
+    return DONE;
+  }
+
+  markDeliveredTo({ sender, id }: MessageKey, userIds: readonly string[]): Promise<void> {
+    const record = this.#find(sender, id);
+    if (!record) return DONE;
+    const recipients = recipientsOf(record);
+    // `userIds` is usually the recipients or an ordered part of them: walk
+    // both, and look a user up only when the walk loses step.
+    let slot = 0;
+    for (const user of userIds) {
+      if (recipients[slot] !== user) {
+        slot = slotOf(record, user);
+        if (slot < 0) {
+          slot = 0;
+          continue;
+        }
+      }
+      if (stateAt(record, slot) === PENDING) setState(record, slot, DELIVERED);
+      slot++;
     }
     return DONE;
   }
@@ -247,8 +345,9 @@ export class MemoryStore implements MessageStore {
     const more = matches.length > options.limit;
     return Promise.resolve({
       messages: page.map(({ record, state }) => {
-        const { sender, id, type, text, acceptedAt, recipients } = record;
-        return { sender, id, type, text, acceptedAt, recipients, state };
+        const { sender, id, type, text, at } = record;
+        const recipients = recipientsOf(record).slice();
+        return { sender, id, type, text, acceptedAt: at + EPOCH, recipients, state };
       }),
       next: more ? String(page[page.length - 1].record.seq) : undefined,
     });
@@ -265,7 +364,7 @@ export class MemoryStore implements MessageStore {
     let unacknowledged = 0;
     for (const [user, inbox] of [...this.#inbox]) {
       while (inbox.head < inbox.records.length) {
-        if (inbox.records[inbox.head].acceptedAt >= cutoff) break;
+        if (inbox.records[inbox.head].at + EPOCH >= cutoff) break;
         const { state, last } = this.#shift(user, inbox);
         if (state !== ACKNOWLEDGED) unacknowledged++;
         if (last) dropped++;

@@ -404,6 +404,18 @@ export class RedisStore implements MessageStore {
     return this.#marked.promise;
   }
 
+  /** One message delivered to several users: their marks join the same batch. */
+  markDeliveredTo(key: MessageKey, userIds: readonly string[]): Promise<void> {
+    if (userIds.length === 0) return Promise.resolve();
+    const seq = (key as SequencedKey).seq ?? "";
+    for (const userId of userIds) this.#marks.push(userId, key.sender, key.id, seq);
+    if (!this.#marked) {
+      this.#marked = Promise.withResolvers<void>();
+      queueMicrotask(() => this.#flushMarks());
+    }
+    return this.#marked.promise;
+  }
+
   async #flushMarks(): Promise<void> {
     const marks = this.#marks;
     const done = this.#marked!;

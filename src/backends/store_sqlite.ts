@@ -69,6 +69,7 @@ export const DB_FILE = "messages.db";
 
 /** Delivery states as stored: ordered so that `state < 2` means unacknowledged. */
 const STATES: DeliveryState[] = ["pending", "delivered", "acknowledged"];
+const DONE: Promise<void> = Promise.resolve();
 const PENDING = 0;
 const DELIVERED = 1;
 const ACKNOWLEDGED = 2;
@@ -130,8 +131,24 @@ type Deferred<T> = { resolve(value: T): void; reject(error: unknown): void };
 
 type Op =
   | Deferred<AcceptResult> & { kind: "accept"; message: NewMessage }
-  | Deferred<void> & { kind: "delivered"; userId: string; keys: MessageKey[] }
+  | Deferred<void> & { kind: "delivered"; marks: Iterable<Mark> }
   | Deferred<boolean> & { kind: "ack"; userId: string; key: MessageKey };
+
+/** Delivery marks of one message not yet written: one user, or several. */
+interface Mark {
+  sender: string;
+  id: string;
+  users: string | Set<string>;
+}
+
+/**
+ * How long a delivery mark waits before it is written. A receipt that comes
+ * back meanwhile (the usual case with receipts on: one round trip) makes it
+ * moot, and it is never written: one write less per message.
+ */
+export const MARK_DELAY_MS = 200;
+
+const NO_ONE_WAITS: Deferred<void> = { resolve() {}, reject() {} };
 
 /** Counter changes of a transaction, applied only once it has committed. */
 class Delta {
@@ -269,6 +286,9 @@ export class SqliteStore implements MessageStore {
 
   /** Write operations not yet committed, in call order. */
   #queue: Op[] = [];
+  /** Delivery marks waiting to be written, by `sender\0id`. */
+  #marks = new Map<string, Mark>();
+  #markTimer?: ReturnType<typeof setTimeout>;
   #timer?: ReturnType<typeof setImmediate>;
   /** Reads waiting for the queue to be written. */
   #waiters: (() => void)[] = [];
@@ -284,6 +304,7 @@ export class SqliteStore implements MessageStore {
   #insertMessage: StatementSync;
   #insertDelivery: StatementSync;
   #markDelivered: StatementSync;
+  #markDeliveredTo: StatementSync;
   #ack: StatementSync;
   #addressed: StatementSync;
   #unacked: StatementSync;
@@ -315,6 +336,12 @@ export class SqliteStore implements MessageStore {
     this.#markDelivered = db.prepare(
       `UPDATE deliveries SET state = ${DELIVERED}
        WHERE recipient = ? AND seq = ${seqOf} AND state = ${PENDING}`,
+    );
+    // One statement for every recipient reached: the rows of one seq, by the seq index.
+    this.#markDeliveredTo = db.prepare(
+      `UPDATE deliveries SET state = ${DELIVERED}
+       WHERE seq = ${seqOf} AND state = ${PENDING}
+         AND recipient IN (SELECT value FROM json_each(?))`,
     );
     this.#ack = db.prepare(
       `UPDATE deliveries SET state = ${ACKNOWLEDGED}
@@ -373,10 +400,58 @@ export class SqliteStore implements MessageStore {
   }
 
   markDelivered(userId: string, keys: MessageKey[]): Promise<void> {
-    return this.#enqueue<void>((d) => ({ kind: "delivered", userId, keys, ...d }));
+    for (const key of keys) this.#mark(key, [userId]);
+    return this.#closed ? Promise.reject(new Error("Storage is closed")) : DONE;
+  }
+
+  markDeliveredTo(key: MessageKey, userIds: readonly string[]): Promise<void> {
+    this.#mark(key, userIds);
+    return this.#closed ? Promise.reject(new Error("Storage is closed")) : DONE;
+  }
+
+  /**
+   * Delivery marks wait {@link MARK_DELAY_MS} and are then written in one
+   * batch; reads and `close` write them first, so every read sees them. The
+   * delivered state is informational (a delivered message is replayed like a
+   * pending one until acknowledged), so a crash that loses the last marks
+   * loses nothing a client relies on.
+   */
+  #mark({ sender, id }: MessageKey, userIds: readonly string[]): void {
+    if (this.#closed || userIds.length === 0) return;
+    const key = `${sender}\u0000${id}`;
+    const mark = this.#marks.get(key);
+    if (!mark) {
+      const users = userIds.length === 1 ? userIds[0] : new Set(userIds);
+      this.#marks.set(key, { sender, id, users });
+    } else {
+      if (typeof mark.users === "string") mark.users = new Set([mark.users]);
+      for (const user of userIds) mark.users.add(user);
+    }
+    this.#markTimer ??= setTimeout(() => this.#writeMarks(), MARK_DELAY_MS);
+  }
+
+  /** Queues the delivery marks still waiting. */
+  #writeMarks(): void {
+    clearTimeout(this.#markTimer);
+    this.#markTimer = undefined;
+    if (this.#marks.size === 0) return;
+    const marks = this.#marks.values();
+    this.#marks = new Map();
+    this.#queue.push({ kind: "delivered", marks, ...NO_ONE_WAITS });
+    if (this.#queue.length >= MAX_BATCH) this.#flush();
+    else this.#timer ??= setImmediate(() => this.#flush());
   }
 
   acknowledge(userId: string, key: MessageKey): Promise<boolean> {
+    if (this.#marks.size > 0) {
+      // A mark still waiting for this user is moot now.
+      const waiting = `${key.sender}\u0000${key.id}`;
+      const mark = this.#marks.get(waiting);
+      const users = mark?.users;
+      if (users === userId || (typeof users === "object" && users.delete(userId) && !users.size)) {
+        this.#marks.delete(waiting);
+      }
+    }
     return this.#enqueue<boolean>((d) => ({ kind: "ack", userId, key, ...d }));
   }
 
@@ -526,6 +601,7 @@ export class SqliteStore implements MessageStore {
 
   async close(): Promise<void> {
     if (this.#closed) return;
+    this.#writeMarks();
     this.#flush();
     this.#closed = true;
     await this.#sweeping?.catch(() => {});
@@ -549,6 +625,7 @@ export class SqliteStore implements MessageStore {
 
   /** Resolves once every write queued so far is committed (or failed); rejects once closed. */
   async #settled(): Promise<void> {
+    if (!this.#closed) this.#writeMarks();
     if (this.#queue.length > 0 && !this.#closed) {
       await new Promise<void>((resolve) => this.#waiters.push(resolve));
     }
@@ -637,7 +714,14 @@ export class SqliteStore implements MessageStore {
         return { duplicate: false };
       }
       case "delivered":
-        for (const { sender, id } of op.keys) this.#markDelivered.run(op.userId, sender, id);
+        for (const { sender, id, users } of op.marks) {
+          if (typeof users === "string") this.#markDelivered.run(users, sender, id);
+          else if (users.size === 1) {
+            this.#markDelivered.run(users.values().next().value!, sender, id);
+          } else if (users.size > 1) {
+            this.#markDeliveredTo.run(sender, id, JSON.stringify([...users]));
+          }
+        }
         return;
       case "ack": {
         const { sender, id } = op.key;

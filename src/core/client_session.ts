@@ -448,7 +448,7 @@ export class ClientSession {
   /** Sends a frame, closing a client that lets more than the cap pile up (1013). */
   #send(text: string): void {
     const socket = this.#socket;
-    if (!socket.isOpen) return;
+    // No open-state check here: the port's send makes it (one call into the runtime per frame).
     this.#sentSinceCheck += text.length;
     if (this.#sentSinceCheck > CHECK_EVERY) {
       this.#sentSinceCheck = 0;

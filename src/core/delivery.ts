@@ -224,22 +224,32 @@ export class DeliveryService {
 
   /** Delivers a routed frame to this instance's connections. */
   #deliverHere(delivery: Routed): void {
-    const { origin, stored, text } = delivery;
+    const { origin, stored, text, users } = delivery;
     const except = origin?.instance === this.#instance ? origin.conn : -1;
+    const hub = this.#hub;
     let sent = 0;
-    let keys: MessageKey[] | undefined;
-    for (const user of delivery.users) {
-      const reached = this.#hub.deliver(user, text, except, stored);
-      if (reached === 0) continue;
-      sent += reached;
-      if (stored) {
-        keys ??= [stored];
-        this.#store.markDelivered(user, keys).catch(this.#markFailed);
+    // The users reached, for one delivery mark: `users` itself while every one
+    // so far was reached (the common case: no array is built).
+    let reachedUsers: string[] | undefined;
+    let allSoFar = 0;
+    for (let i = 0; i < users.length; i++) {
+      const user = users[i];
+      const reached = hub.deliver(user, text, except, stored);
+      if (reached === 0) {
+        if (stored && reachedUsers === undefined) reachedUsers = users.slice(0, allSoFar);
+        continue;
       }
+      sent += reached;
+      if (reachedUsers === undefined) allSoFar++;
+      else reachedUsers.push(user);
+    }
+    if (stored) {
+      const marked = reachedUsers ?? users;
+      if (marked.length > 0) this.#store.markDeliveredTo(stored, marked).catch(this.#markFailed);
     }
     const echo = delivery.echoTo;
-    if (echo !== undefined && !delivery.users.includes(echo)) {
-      sent += this.#hub.deliver(echo, text, except, stored);
+    if (echo !== undefined && !users.includes(echo)) {
+      sent += hub.deliver(echo, text, except, stored);
     }
     if (sent > 0) this.#observer.sent?.(sent, delivery.acceptedAt);
   }

@@ -41,9 +41,14 @@ export interface OpenConnection {
   close(code: number, reason: string): void;
 }
 
-/** The connections of this instance. */
+/**
+ * The connections of this instance. A user's registered connections are an
+ * array, not a map by clientName: a user has few, the delivery loop walks it
+ * without an iterator object per recipient, and an array of one costs a third
+ * of a map of one (bench/README.md).
+ */
 export class Hub {
-  #users = new Map<string, Map<string, Connection>>();
+  #users = new Map<string, Connection[]>();
   #count = 0;
   #open = new Set<OpenConnection>();
   /** Waiters of {@link closeAll}. */
@@ -95,27 +100,37 @@ export class Hub {
    * user and clientName), if any; the caller closes it.
    */
   add(conn: Connection): Connection | undefined {
-    let clients = this.#users.get(conn.userId);
-    if (!clients) this.#users.set(conn.userId, clients = new Map());
-    const previous = clients.get(conn.clientName);
-    if (!previous) this.#count++;
-    clients.set(conn.clientName, conn);
+    const clients = this.#users.get(conn.userId);
+    if (!clients) {
+      this.#users.set(conn.userId, [conn]);
+      this.#count++;
+      return undefined;
+    }
+    const at = clients.findIndex((c) => c.clientName === conn.clientName);
+    if (at < 0) {
+      clients.push(conn);
+      this.#count++;
+      return undefined;
+    }
+    const previous = clients[at];
+    clients[at] = conn;
     return previous;
   }
 
   /** Removes a connection unless a newer one has replaced it. True when it was there. */
   remove(conn: Connection): boolean {
     const clients = this.#users.get(conn.userId);
-    if (clients?.get(conn.clientName) !== conn) return false;
-    clients.delete(conn.clientName);
-    if (clients.size === 0) this.#users.delete(conn.userId);
+    const at = clients ? clients.indexOf(conn) : -1;
+    if (at < 0) return false;
+    if (clients!.length === 1) this.#users.delete(conn.userId);
+    else clients!.splice(at, 1);
     this.#count--;
     return true;
   }
 
-  /** The registered connections of a user. */
+  /** The registered connections of a user (a snapshot: safe to close them while iterating). */
   connectionsOf(userId: string): Iterable<Connection> {
-    return this.#users.get(userId)?.values() ?? [];
+    return this.#users.get(userId)?.slice() ?? [];
   }
 
   /** Whether a user has a registered connection here. */
@@ -130,8 +145,16 @@ export class Hub {
   deliver(userId: string, text: string, exceptId = -1, stored?: MessageKey): number {
     const clients = this.#users.get(userId);
     if (!clients) return 0;
+    if (clients.length === 1) {
+      const conn = clients[0];
+      if (conn.id === exceptId) return 0;
+      conn.deliver(text, stored);
+      return 1;
+    }
     let reached = 0;
-    for (const conn of clients.values()) {
+    // No copy: a connection leaves the list only when its socket has closed, never in `deliver`.
+    for (let i = 0; i < clients.length; i++) {
+      const conn = clients[i];
       if (conn.id === exceptId) continue;
       conn.deliver(text, stored);
       reached++;
@@ -142,7 +165,7 @@ export class Hub {
   /** Closes the connections a kick names on this instance, sparing its `except`. */
   kick(kick: Kick): void {
     const spare = kick.except?.instance === this.#instance ? kick.except.conn : -1;
-    for (const conn of [...this.connectionsOf(kick.userId)]) {
+    for (const conn of this.connectionsOf(kick.userId)) {
       if (kick.clientName !== undefined && conn.clientName !== kick.clientName) continue;
       if (conn.id === spare) continue;
       conn.close(kick.code, kick.reason);

@@ -97,6 +97,13 @@ export interface MessageStore {
   /** Marks messages as sent to a connection of `userId` (`pending` → `delivered`). */
   markDelivered(userId: string, keys: MessageKey[]): Promise<void>;
   /**
+   * Marks one message as sent to a connection of each of `userIds` (`pending` →
+   * `delivered`): the live delivery of a message makes one such call, however
+   * many recipients it reached. Users the message is not addressed to are
+   * ignored. `userIds` is often the message's own recipient list, in its order.
+   */
+  markDeliveredTo(key: MessageKey, userIds: readonly string[]): Promise<void>;
+  /**
    * Records the receipt of `userId` for the message (sender, id). Resolves false
    * when the store knows no such message addressed to `userId`; a store that
    * {@link publishes} also publishes `delivery` (the forwarded receipt) when true.
