@@ -78,8 +78,12 @@ export class WsConnection {
     return !this.#closeSent && !this.#ended && this.#socket.writable;
   }
 
-  /** Bytes written but not yet handed to the network. */
+  /**
+   * Bytes written but not yet handed to the network; 0 once closing (nothing
+   * more is sent, so nothing counts against a cap: a slow consumer is refused once).
+   */
   get bufferedAmount(): number {
+    if (!this.isOpen) return 0;
     return (this.#socket as Duplex & { writableLength: number }).writableLength;
   }
 
