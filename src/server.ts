@@ -14,7 +14,7 @@ import { UserDirectory } from "./auth/users.ts";
 import { randomId } from "./auth/base64.ts";
 import type { Metrics } from "./ops/metrics.ts";
 import { type Core, wireCore } from "./server/core.ts";
-import { type Auth, buildRoutes, websocketPath } from "./server/routes.ts";
+import { type Auth, buildMetricsRoutes, buildRoutes, websocketPath } from "./server/routes.ts";
 import { serve } from "./server/serve.ts";
 import { shutdown } from "./server/shutdown.ts";
 import { Deadline } from "./util/deadline.ts";
@@ -102,11 +102,16 @@ export async function createServer(config: Config, options: ServerOptions = {}):
   const backends = await openBackends(config, logger);
   let core: Core | undefined;
   try {
-    core = await wireCore(config, logger, backends, plugins, auth.users);
-    const listener = await serve(config, buildRoutes(config, core, backends, auth, logger), logger);
+    const wired = core = await wireCore(config, logger, backends, plugins, auth.users);
+    const listener = await serve(config, {
+      main: buildRoutes(config, wired, backends, auth, logger),
+      metrics: buildMetricsRoutes(config, wired, backends, logger),
+      onRefused: (reason) => wired.ops.metrics.rejected(reason),
+    }, logger);
     const host = new URL(listener.url).host;
     logger.info(`listening on ${listener.url}`, {
       websocket: `ws://${host}${websocketPath(config)}`,
+      ...(listener.metricsUrl ? { metrics: `${listener.metricsUrl}/metrics` } : {}),
     });
     const sweeper = setInterval(() => {
       backends.store.sweep(Date.now()).catch((error) =>

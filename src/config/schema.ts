@@ -106,6 +106,12 @@ export const ConfigSchema = z.strictObject({
     maxPendingBytesPerSender: positiveInt.default(64 * 1024 * 1024),
     /** Open connections per user. */
     maxConnectionsPerUser: positiveInt.default(16),
+    /** Seconds a connection has to send a complete HTTP request head (slow clients are cut). */
+    headerTimeoutSeconds: positiveInt.default(10),
+    /** Seconds a request body has to arrive in full once the head is complete. */
+    bodyTimeoutSeconds: positiveInt.default(30),
+    /** Seconds an answered HTTP connection may stay idle before it is closed. */
+    keepAliveTimeoutSeconds: positiveInt.default(5),
     /** Open connections per client IP address. */
     maxConnectionsPerIp: positiveInt.default(1000),
     /** Frames per second per connection (token bucket). */
@@ -135,8 +141,14 @@ export const ConfigSchema = z.strictObject({
     apiKeys: z.array(ApiKeySchema).default([]),
     /** Seconds graceful shutdown may take. */
     shutdownSeconds: positiveInt.default(10),
-    /** Key that guards `/metrics`; open when absent. */
-    metricsKey: z.string().optional(),
+    /** Key that guards `/metrics` (Authorization: Bearer); open when absent. */
+    metricsKey: z.string().min(16, "must be at least 16 characters").optional(),
+    /**
+     * `host:port` of a second listener for `/metrics`, `/healthz` and `/readyz`;
+     * when set, the main port no longer serves `/metrics`.
+     */
+    metricsAddress: z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "must be host:port")
+      .optional(),
     /** Origins allowed by CORS on the HTTP routes; empty sends no CORS headers. */
     corsOrigins: z.array(z.string()).default([]),
     /** Serve the web console at `/`. */
@@ -178,6 +190,8 @@ export const ConfigSchema = z.strictObject({
     level: LogLevel.default("info"),
     /** One JSON object per line instead of text. */
     json: z.boolean().default(false),
+    /** Lines per minute about each kind of refused input (malformed requests); the rest are counted. */
+    refusalsPerMinute: positiveInt.default(10),
   }).prefault({}),
 });
 

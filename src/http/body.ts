@@ -54,7 +54,16 @@ export async function readFields(request: Request): Promise<Record<string, unkno
   let value: unknown;
   if (type.includes("multipart/form-data")) {
     const text = await readText(request);
-    const form = await new Response(text, { headers: { "content-type": type } }).formData();
+    let form: FormData;
+    try {
+      form = await new Response(text, { headers: { "content-type": type } }).formData();
+    } catch (error) {
+      // No boundary, or a body that does not follow it.
+      throw new HttpError(
+        400,
+        `Body is not valid multipart form data: ${(error as Error).message}`,
+      );
+    }
     return Object.fromEntries([...form].filter(([, v]) => typeof v === "string"));
   } else if (type.includes("application/x-www-form-urlencoded")) {
     const text = await readText(request);

@@ -25,6 +25,8 @@ export interface HealthRouteDeps {
   metricsKey?: string;
   /** False once shutdown began. */
   accepting(): boolean;
+  /** Whether to serve `/metrics` (not on the main port when `server.metricsAddress` is set). @default true */
+  serveMetrics?: boolean;
   /** Details `/readyz` adds when there are any (plugins that failed to load). */
   details?(): Record<string, unknown> | undefined;
   /** Milliseconds the storage check of `/readyz` may take. @default 2000 */
@@ -53,6 +55,7 @@ export function addHealthRoutes(router: Router, deps: HealthRouteDeps): void {
     return json(details ? { data: "ready", details } : { data: "ready" });
   });
 
+  if (deps.serveMetrics === false) return;
   router.add("GET", "/metrics", async (request) => {
     if (deps.metricsKey !== undefined) requireKey(request, deps.metricsKey, "metrics key");
     return new Response(await deps.metrics.render(), {

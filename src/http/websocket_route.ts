@@ -9,6 +9,7 @@ import { jsonError } from "./errors.ts";
 import type { Handler } from "./router.ts";
 import { ClientSession, type SessionDeps } from "../core/client_session.ts";
 import { acceptWebSocket } from "../transport/websocket.ts";
+import { checkHandshake } from "../transport/handshake.ts";
 
 /** What the WebSocket route needs. */
 export interface WebSocketRouteDeps {
@@ -19,6 +20,8 @@ export interface WebSocketRouteDeps {
   maxConnectionsPerIp: number;
   /** `websocket.idleTimeoutSeconds`. */
   idleTimeoutSeconds: number;
+  /** `limits.maxFrameBytes`: the transport cuts a longer message while it arrives. */
+  maxFrameBytes: number;
 }
 
 /** The handler of the WebSocket route. */
@@ -30,8 +33,13 @@ export function websocketRoute(deps: WebSocketRouteDeps): Handler {
     return jsonError(status, msg);
   };
   return (request, { ip }) => {
-    if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
-      return jsonError(426, "Expected a WebSocket upgrade");
+    const bad = checkHandshake(request.method, request.headers);
+    if (bad) {
+      const response = jsonError(bad.status, bad.msg);
+      for (const [name, value] of Object.entries(bad.headers ?? {})) {
+        response.headers.set(name, value);
+      }
+      return response;
     }
     if (!deps.session.accepting()) {
       return refuse("shutting_down", 503, "Server is shutting down");
@@ -44,8 +52,14 @@ export function websocketRoute(deps: WebSocketRouteDeps): Handler {
     if (count >= deps.maxConnectionsPerIp) {
       return refuse("ip_limit", 429, "Too many connections from this address");
     }
-    perIp.set(ip, count + 1);
-    return acceptWebSocket(request, { idleTimeoutSeconds: deps.idleTimeoutSeconds }, (port) => {
+    const options = {
+      idleTimeoutSeconds: deps.idleTimeoutSeconds,
+      maxFrameBytes: deps.maxFrameBytes,
+      refused: events.refused,
+    };
+    return acceptWebSocket(request, options, (port) => {
+      // Counted once the socket is ours (a peer gone during the upgrade never is).
+      perIp.set(ip, (perIp.get(ip) ?? 0) + 1);
       const session = new ClientSession(deps.session, port);
       return {
         opened: () => session.opened(),

@@ -21,6 +21,7 @@ import { addHealthRoutes, HEALTH_PATHS } from "../http/health_routes.ts";
 import { addPluginRoutes } from "../http/plugin_routes.ts";
 import { websocketRoute } from "../http/websocket_route.ts";
 import { consoleHandler } from "../console/serve.ts";
+import { loginOrigin } from "../http/login_origin.ts";
 import type { TokenService } from "../auth/tokens.ts";
 import type { UserDirectory } from "../auth/users.ts";
 import { LoginGuard } from "../auth/login_guard.ts";
@@ -56,7 +57,9 @@ export function buildRoutes(
   const router = new Router(logger.child("http"))
     .use("/", cors(new Cors(config.server.corsOrigins)))
     .use("/", shutdownGate(() => gate.accepting, HEALTH_PATHS))
-    .use("/server/", apiKeys(keysOf(config), (key, route) => ops.metrics.apiRequest(key, route)));
+    .use("/server/", apiKeys(keysOf(config), (key, route) => ops.metrics.apiRequest(key, route)))
+    .use("/app/login", loginOrigin(config.server.corsOrigins))
+    .use("/api/login", loginOrigin(config.server.corsOrigins));
 
   router.add(
     "GET",
@@ -66,6 +69,7 @@ export function buildRoutes(
       allowedOrigins: config.websocket.allowedOrigins,
       maxConnectionsPerIp: config.limits.maxConnectionsPerIp,
       idleTimeoutSeconds: config.websocket.idleTimeoutSeconds,
+      maxFrameBytes: config.limits.maxFrameBytes,
     }),
   );
   addClientRoutes(router, {
@@ -100,6 +104,7 @@ export function buildRoutes(
     metrics: ops.metrics,
     logger: api,
     metricsKey: config.server.metricsKey,
+    serveMetrics: config.server.metricsAddress === undefined,
     accepting: () => gate.accepting,
     details: () => {
       const failed = core.plugins.failures;
@@ -108,5 +113,28 @@ export function buildRoutes(
   });
   addPluginRoutes(router, { plugins: core.plugins, logger: api });
   if (config.server.console) router.fallback(consoleHandler());
+  return router;
+}
+
+/** The routes of `server.metricsAddress` (health and metrics only); none when it is not set. */
+export function buildMetricsRoutes(
+  config: Config,
+  core: Core,
+  backends: Backends,
+  logger: Logger,
+): Router | undefined {
+  if (config.server.metricsAddress === undefined) return undefined;
+  const router = new Router(logger.child("metrics"));
+  addHealthRoutes(router, {
+    store: backends.store,
+    metrics: core.ops.metrics,
+    logger: logger.child("api"),
+    metricsKey: config.server.metricsKey,
+    accepting: () => core.gate.accepting,
+    details: () => {
+      const failed = core.plugins.failures;
+      return Object.keys(failed).length > 0 ? { plugins: { failed } } : undefined;
+    },
+  });
   return router;
 }

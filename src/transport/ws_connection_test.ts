@@ -1,0 +1,32 @@
+/** WebSocket framing: the handshake key, and text frames at each length boundary. */
+import { assertEquals } from "../../tests/_assert.ts";
+import { acceptKey, switchingProtocols, textFrame } from "./ws_connection.ts";
+
+Deno.test("acceptKey() gives RFC 6455's example answer", () => {
+  assertEquals(acceptKey("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+});
+
+Deno.test("switchingProtocols() names the subprotocol only when one was selected", () => {
+  const key = "dGhlIHNhbXBsZSBub25jZQ==";
+  assertEquals(switchingProtocols(key).includes("Sec-WebSocket-Protocol"), false);
+  assertEquals(
+    switchingProtocols(key, "im.v1").includes("Sec-WebSocket-Protocol: im.v1\r\n"),
+    true,
+  );
+});
+
+Deno.test("textFrame() uses the 7-bit, 16-bit and 64-bit lengths at their boundaries", () => {
+  for (const [length, head] of [[0, 2], [125, 2], [126, 4], [65535, 4], [65536, 10]]) {
+    const frame = textFrame("a".repeat(length));
+    assertEquals([frame[0], frame.length], [0x81, head + length]);
+    const announced = head === 2
+      ? frame[1]
+      : head === 4
+      ? frame.readUInt16BE(2)
+      : frame.readUInt32BE(6);
+    assertEquals(announced, length);
+  }
+  // Lengths are bytes, not characters.
+  assertEquals(textFrame("é€").subarray(2).toString("utf8"), "é€");
+  assertEquals(textFrame("é€")[1], 5);
+});
