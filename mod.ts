@@ -19,28 +19,8 @@
  *
  * @module
  */
-export {
-  BUILT_IN_TYPES,
-  MessageType,
-  StatusCode,
-  type StatusCodeValue,
-  type StatusName,
-  statusName,
-  SYSTEM,
-} from "./src/protocol/codes.ts";
-export type { Message, NoticeBody, StatusBody } from "./src/protocol/frame.ts";
-export {
-  type ClientInfo,
-  definePlugin,
-  type Plugin,
-  type PluginBaseContext,
-  type PluginConfigSchema,
-  type PluginContext,
-  type PluginSend,
-  type PluginStatus,
-  type SendResult,
-} from "./src/plugins/types.ts";
-export type { Logger } from "./src/log.ts";
+// The plugin API (codes, frame types, definePlugin): the same module a plugin host loads.
+export * from "./src/plugins/api.ts";
 export { createServer, type ImServer, type ServerOptions } from "./src/server.ts";
 export { ConfigError, loadConfig, parseConfig } from "./src/config/load.ts";
 export type { Config, ConfigInput } from "./src/config/schema.ts";
