@@ -322,24 +322,8 @@ export class SqliteStore implements MessageStore {
   /** Characters of pending copies by sender, senders with none absent (SYSTEM is not counted). */
   #pendingBytes = new Map<string, number>();
 
-  #insertMessage: StatementSync;
-  #insertDelivery: StatementSync;
-  #markDelivered: StatementSync;
-  #markDeliveredTo: StatementSync;
-  #ack: StatementSync;
-  #ackPending: StatementSync;
-  #deleteMessage: StatementSync;
-  #addressed: StatementSync;
-  #unacked: StatementSync;
-  #history: StatementSync;
-  #oldest: StatementSync;
-  #deleteDeliveriesUpTo: StatementSync;
-  #deleteMessagesUpTo: StatementSync;
-  #userOldest: StatementSync;
-  #countHeld: StatementSync;
-  #overCapAfter: StatementSync;
-  #deleteDelivery: StatementSync;
-  #deleteOrphan: StatementSync;
+  /** The prepared statements, by what they do. */
+  #sql: Statements;
 
   /** Use {@link openSqliteStore}. */
   constructor(db: DatabaseSync, path: string, options: SqliteStoreOptions) {
@@ -350,77 +334,7 @@ export class SqliteStore implements MessageStore {
     this.#retentionMs = (options.retentionDays ?? 30) * 86_400_000;
     this.#logger = options.logger;
 
-    const seqOf = "(SELECT seq FROM messages WHERE sender = ? AND id = ?)";
-    this.#insertMessage = db.prepare(
-      `INSERT INTO messages (sender, id, type, text, accepted_at, recipients)
-       VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender, id) DO NOTHING
-       RETURNING seq, length(text) AS n`,
-    );
-    this.#deleteMessage = db.prepare("DELETE FROM messages WHERE seq = ?");
-    const lengthOf = "(SELECT length(text) FROM messages WHERE seq = deliveries.seq)";
-    this.#insertDelivery = db.prepare(
-      "INSERT INTO deliveries (recipient, seq, sender) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-    );
-    this.#markDelivered = db.prepare(
-      `UPDATE deliveries SET state = ${DELIVERED}
-       WHERE recipient = ? AND seq = ${seqOf} AND state = ${PENDING} RETURNING ${lengthOf} AS n`,
-    );
-    this.#ackPending = db.prepare(
-      `UPDATE deliveries SET state = ${ACKNOWLEDGED}
-       WHERE recipient = ? AND seq = ${seqOf} AND state = ${PENDING} RETURNING ${lengthOf} AS n`,
-    );
-    // One statement for every recipient reached: the rows of one seq, by the seq index.
-    this.#markDeliveredTo = db.prepare(
-      `UPDATE deliveries SET state = ${DELIVERED}
-       WHERE seq = ${seqOf} AND state = ${PENDING}
-         AND recipient IN (SELECT value FROM json_each(?)) RETURNING ${lengthOf} AS n`,
-    );
-    this.#ack = db.prepare(
-      `UPDATE deliveries SET state = ${ACKNOWLEDGED}
-       WHERE recipient = ? AND seq = ${seqOf} AND state = ${DELIVERED}`,
-    );
-    this.#addressed = db.prepare(
-      `SELECT 1 AS found FROM deliveries WHERE recipient = ? AND seq = ${seqOf}`,
-    );
-    this.#unacked = db.prepare(
-      `SELECT d.seq, m.sender, m.id, m.type, m.text, m.accepted_at
-       FROM deliveries d JOIN messages m ON m.seq = d.seq
-       WHERE d.recipient = ? AND d.seq > ? AND d.state < 2 ORDER BY d.seq LIMIT ?`,
-    );
-    // Newest first from each direction (each a range of the primary key), merged.
-    this.#history = db.prepare(
-      `WITH pick AS (
-         SELECT seq, state FROM (
-           SELECT seq, state FROM deliveries
-           WHERE recipient = ?2 AND sender = ?1 AND seq < ?3 ORDER BY seq DESC LIMIT ?4)
-         UNION ALL
-         SELECT seq, state FROM (
-           SELECT seq, state FROM deliveries
-           WHERE recipient = ?1 AND sender = ?2 AND seq < ?3 AND ?1 <> ?2
-           ORDER BY seq DESC LIMIT ?4)
-       )
-       SELECT m.seq, m.sender, m.id, m.type, m.text, m.accepted_at, m.recipients, pick.state
-       FROM pick JOIN messages m ON m.seq = pick.seq ORDER BY pick.seq DESC LIMIT ?4`,
-    );
-    this.#oldest = db.prepare("SELECT seq, accepted_at FROM messages ORDER BY seq LIMIT ?");
-    this.#deleteDeliveriesUpTo = db.prepare(
-      `DELETE FROM deliveries WHERE seq <= ? RETURNING recipient, state, sender, ${lengthOf} AS n`,
-    );
-    this.#deleteMessagesUpTo = db.prepare("DELETE FROM messages WHERE seq <= ?");
-    this.#userOldest = db.prepare(
-      `SELECT d.seq, d.state, d.sender, length(m.text) AS n
-       FROM deliveries d JOIN messages m ON m.seq = d.seq
-       WHERE d.recipient = ? ORDER BY d.seq LIMIT ?`,
-    );
-    this.#countHeld = db.prepare("SELECT COUNT(*) AS n FROM deliveries WHERE recipient = ?");
-    this.#overCapAfter = db.prepare(
-      `SELECT recipient, COUNT(*) AS n FROM deliveries WHERE recipient > ?
-       GROUP BY recipient ORDER BY recipient LIMIT ${SWEEP_CHUNK}`,
-    );
-    this.#deleteDelivery = db.prepare("DELETE FROM deliveries WHERE recipient = ? AND seq = ?");
-    this.#deleteOrphan = db.prepare(
-      "DELETE FROM messages WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?1)",
-    );
+    this.#sql = prepareStatements(db);
 
     this.#pending = (db.prepare("SELECT COUNT(*) AS n FROM deliveries WHERE state < 2").get() as {
       n: number;
@@ -448,7 +362,7 @@ export class SqliteStore implements MessageStore {
     let committed = this.#held.get(user);
     if (committed === undefined) {
       // The count sees this transaction's own rows: take them out.
-      committed = (this.#countHeld.get(user) as { n: number }).n - pendingChange;
+      committed = (this.#sql.countHeld.get(user) as { n: number }).n - pendingChange;
       this.#cacheHeld(user, committed);
     }
     return committed + pendingChange;
@@ -529,7 +443,7 @@ export class SqliteStore implements MessageStore {
     const cursor = options.after === undefined ? 0 : Number(options.after);
     const after = Number.isSafeInteger(cursor) ? cursor : 0;
     const limit = Math.max(0, Math.floor(options.limit));
-    const rows = this.#unacked.all(userId, after, limit + 1) as unknown as MessageRow[];
+    const rows = this.#sql.unacked.all(userId, after, limit + 1) as unknown as MessageRow[];
     const page = rows.length > limit ? rows.slice(0, limit) : rows;
     return {
       messages: page.map((row) => ({
@@ -549,7 +463,7 @@ export class SqliteStore implements MessageStore {
     const cursor = options.before === undefined ? NaN : Number(options.before);
     const before = Number.isSafeInteger(cursor) ? cursor : Number.MAX_SAFE_INTEGER;
     const limit = Math.max(0, Math.floor(options.limit));
-    const rows = this.#history.all(userId, peer, before, limit + 1) as unknown as MessageRow[];
+    const rows = this.#sql.history.all(userId, peer, before, limit + 1) as unknown as MessageRow[];
     const page = rows.slice(0, limit);
     const messages: HistoryEntry[] = page.map((row) => ({
       sender: row.sender,
@@ -641,7 +555,7 @@ export class SqliteStore implements MessageStore {
     const found = new Set<string>();
     let after = "";
     while (!this.#closed) {
-      const rows = this.#overCapAfter.all(after) as { recipient: string; n: number }[];
+      const rows = this.#sql.overCapAfter.all(after) as { recipient: string; n: number }[];
       for (const { recipient, n } of rows) if (n > this.#maxPerUser) found.add(recipient);
       if (rows.length < SWEEP_CHUNK) break;
       after = rows[rows.length - 1].recipient;
@@ -652,7 +566,7 @@ export class SqliteStore implements MessageStore {
 
   /** One retention chunk: the oldest messages, up to the first one not old enough. */
   #dropOld(cutoff: number, delta: Delta) {
-    const rows = this.#oldest.all(SWEEP_CHUNK) as { seq: number; accepted_at: number }[];
+    const rows = this.#sql.oldest.all(SWEEP_CHUNK) as { seq: number; accepted_at: number }[];
     let last = -1;
     let messages = 0;
     for (const row of rows) {
@@ -662,7 +576,7 @@ export class SqliteStore implements MessageStore {
     }
     let unacked = 0;
     if (messages > 0) {
-      const gone = this.#deleteDeliveriesUpTo.all(last) as {
+      const gone = this.#sql.deleteDeliveriesUpTo.all(last) as {
         recipient: string;
         state: number;
         sender: string;
@@ -676,14 +590,14 @@ export class SqliteStore implements MessageStore {
           unacked++;
         }
       }
-      this.#deleteMessagesUpTo.run(last);
+      this.#sql.deleteMessagesUpTo.run(last);
     }
     return { messages, unacked, more: messages === rows.length && messages > 0 };
   }
 
   /** One cap chunk: `user`'s `count` oldest copies, and the messages nobody holds anymore. */
   #dropOldestOf(user: string, count: number, delta: Delta) {
-    const rows = this.#userOldest.all(user, count) as {
+    const rows = this.#sql.userOldest.all(user, count) as {
       seq: number;
       state: number;
       sender: string;
@@ -691,8 +605,8 @@ export class SqliteStore implements MessageStore {
     }[];
     let unacked = 0;
     for (const { seq, state, sender, n } of rows) {
-      this.#deleteDelivery.run(user, seq);
-      this.#deleteOrphan.run(seq);
+      this.#sql.deleteDelivery.run(user, seq);
+      this.#sql.deleteOrphan.run(seq);
       if (state === PENDING) delta.addBytes(sender, -n);
       if (state < ACKNOWLEDGED) {
         delta.pending--;
@@ -817,7 +731,7 @@ export class SqliteStore implements MessageStore {
     switch (op.kind) {
       case "accept": {
         const { sender, id, type, text, acceptedAt, recipients } = op.message;
-        const inserted = this.#insertMessage.get(
+        const inserted = this.#sql.insertMessage.get(
           sender,
           id,
           type,
@@ -830,14 +744,14 @@ export class SqliteStore implements MessageStore {
         if (sender !== SYSTEM && this.#maxPendingBytes !== Infinity) {
           const bytes = (this.#pendingBytes.get(sender) ?? 0) + (delta.bytes.get(sender) ?? 0);
           if (bytes + n * recipients.length > this.#maxPendingBytes) {
-            this.#deleteMessage.run(seq);
+            this.#sql.deleteMessage.run(seq);
             return { duplicate: false, overQuota: true };
           }
         }
         for (const user of recipients) {
           const excess = this.#heldBy(user, delta) + 1 - this.#maxPerUser;
           if (excess > 0) this.#capAtAccept(user, excess, delta);
-          if (this.#insertDelivery.run(user, seq, sender).changes === 0) continue;
+          if (this.#sql.insertDelivery.run(user, seq, sender).changes === 0) continue;
           delta.pending++;
           delta.add(user, 1);
           delta.addBytes(sender, n);
@@ -848,10 +762,10 @@ export class SqliteStore implements MessageStore {
         for (const { sender, id, users } of op.marks) {
           if (typeof users === "string" || users.size === 1) {
             const user = typeof users === "string" ? users : users.values().next().value!;
-            const row = this.#markDelivered.get(user, sender, id) as { n: number } | undefined;
+            const row = this.#sql.markDelivered.get(user, sender, id) as { n: number } | undefined;
             if (row) delta.addBytes(sender, -row.n);
           } else if (users.size > 1) {
-            const rows = this.#markDeliveredTo.all(sender, id, JSON.stringify([...users])) as {
+            const rows = this.#sql.markDeliveredTo.all(sender, id, JSON.stringify([...users])) as {
               n: number;
             }[];
             for (const row of rows) delta.addBytes(sender, -row.n);
@@ -862,17 +776,17 @@ export class SqliteStore implements MessageStore {
         const { sender, id } = op.key;
         // Most receipts come before their delivery mark was written (it waits
         // MARK_DELAY_MS and the receipt makes it moot): try the pending state first.
-        const row = this.#ackPending.get(op.userId, sender, id) as { n: number } | undefined;
+        const row = this.#sql.ackPending.get(op.userId, sender, id) as { n: number } | undefined;
         if (row) {
           delta.addBytes(sender, -row.n);
           delta.pending--;
           return true;
         }
-        if (this.#ack.run(op.userId, sender, id).changes > 0) {
+        if (this.#sql.ack.run(op.userId, sender, id).changes > 0) {
           delta.pending--;
           return true;
         }
-        return this.#addressed.get(op.userId, sender, id) !== undefined;
+        return this.#sql.addressed.get(op.userId, sender, id) !== undefined;
       }
     }
   }
@@ -887,4 +801,104 @@ function isBusy(error: unknown): boolean {
 /** Resolves on the next turn of the event loop, after pending I/O. */
 function nextTurn(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** The store's prepared statements. */
+type Statements = Record<
+  | "insertMessage"
+  | "insertDelivery"
+  | "markDelivered"
+  | "markDeliveredTo"
+  | "ack"
+  | "ackPending"
+  | "deleteMessage"
+  | "addressed"
+  | "unacked"
+  | "history"
+  | "oldest"
+  | "deleteDeliveriesUpTo"
+  | "deleteMessagesUpTo"
+  | "userOldest"
+  | "countHeld"
+  | "overCapAfter"
+  | "deleteDelivery"
+  | "deleteOrphan",
+  StatementSync
+>;
+
+/** Prepares every statement of the store once, at open. */
+function prepareStatements(db: DatabaseSync): Statements {
+  const seqOf = "(SELECT seq FROM messages WHERE sender = ? AND id = ?)";
+  const lengthOf = "(SELECT length(text) FROM messages WHERE seq = deliveries.seq)";
+  return {
+    insertMessage: db.prepare(
+      `INSERT INTO messages (sender, id, type, text, accepted_at, recipients)
+         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender, id) DO NOTHING
+         RETURNING seq, length(text) AS n`,
+    ),
+    deleteMessage: db.prepare("DELETE FROM messages WHERE seq = ?"),
+    insertDelivery: db.prepare(
+      "INSERT INTO deliveries (recipient, seq, sender) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+    ),
+    markDelivered: db.prepare(
+      `UPDATE deliveries SET state = ${DELIVERED}
+         WHERE recipient = ? AND seq = ${seqOf} AND state = ${PENDING} RETURNING ${lengthOf} AS n`,
+    ),
+    ackPending: db.prepare(
+      `UPDATE deliveries SET state = ${ACKNOWLEDGED}
+         WHERE recipient = ? AND seq = ${seqOf} AND state = ${PENDING} RETURNING ${lengthOf} AS n`,
+    ),
+    // One statement for every recipient reached: the rows of one seq, by the seq index.
+    markDeliveredTo: db.prepare(
+      `UPDATE deliveries SET state = ${DELIVERED}
+         WHERE seq = ${seqOf} AND state = ${PENDING}
+           AND recipient IN (SELECT value FROM json_each(?)) RETURNING ${lengthOf} AS n`,
+    ),
+    ack: db.prepare(
+      `UPDATE deliveries SET state = ${ACKNOWLEDGED}
+         WHERE recipient = ? AND seq = ${seqOf} AND state = ${DELIVERED}`,
+    ),
+    addressed: db.prepare(
+      `SELECT 1 AS found FROM deliveries WHERE recipient = ? AND seq = ${seqOf}`,
+    ),
+    unacked: db.prepare(
+      `SELECT d.seq, m.sender, m.id, m.type, m.text, m.accepted_at
+         FROM deliveries d JOIN messages m ON m.seq = d.seq
+         WHERE d.recipient = ? AND d.seq > ? AND d.state < 2 ORDER BY d.seq LIMIT ?`,
+    ),
+    // Newest first from each direction (each a range of the primary key), merged.
+    history: db.prepare(
+      `WITH pick AS (
+           SELECT seq, state FROM (
+             SELECT seq, state FROM deliveries
+             WHERE recipient = ?2 AND sender = ?1 AND seq < ?3 ORDER BY seq DESC LIMIT ?4)
+           UNION ALL
+           SELECT seq, state FROM (
+             SELECT seq, state FROM deliveries
+             WHERE recipient = ?1 AND sender = ?2 AND seq < ?3 AND ?1 <> ?2
+             ORDER BY seq DESC LIMIT ?4)
+         )
+         SELECT m.seq, m.sender, m.id, m.type, m.text, m.accepted_at, m.recipients, pick.state
+         FROM pick JOIN messages m ON m.seq = pick.seq ORDER BY pick.seq DESC LIMIT ?4`,
+    ),
+    oldest: db.prepare("SELECT seq, accepted_at FROM messages ORDER BY seq LIMIT ?"),
+    deleteDeliveriesUpTo: db.prepare(
+      `DELETE FROM deliveries WHERE seq <= ? RETURNING recipient, state, sender, ${lengthOf} AS n`,
+    ),
+    deleteMessagesUpTo: db.prepare("DELETE FROM messages WHERE seq <= ?"),
+    userOldest: db.prepare(
+      `SELECT d.seq, d.state, d.sender, length(m.text) AS n
+         FROM deliveries d JOIN messages m ON m.seq = d.seq
+         WHERE d.recipient = ? ORDER BY d.seq LIMIT ?`,
+    ),
+    countHeld: db.prepare("SELECT COUNT(*) AS n FROM deliveries WHERE recipient = ?"),
+    overCapAfter: db.prepare(
+      `SELECT recipient, COUNT(*) AS n FROM deliveries WHERE recipient > ?
+         GROUP BY recipient ORDER BY recipient LIMIT ${SWEEP_CHUNK}`,
+    ),
+    deleteDelivery: db.prepare("DELETE FROM deliveries WHERE recipient = ? AND seq = ?"),
+    deleteOrphan: db.prepare(
+      "DELETE FROM messages WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?1)",
+    ),
+  };
 }

@@ -71,12 +71,36 @@ export async function wireCore(
     observer: ops.observer,
   });
   await delivery.start();
+  const registry = await openPlugins(config, logger, backends, plugins, { delivery, ops });
+  if (config.plugins.watch && !Deno.build.standalone) registry.watch();
+  const gate: Gate = { accepting: true };
+  const session = sessionDeps(config, {
+    backends,
+    hub,
+    delivery,
+    registry,
+    ops,
+    gate,
+    users,
+    logger: logger.child("session"),
+  });
+  return { instanceId, hub, delivery, plugins: registry, ops, session, gate };
+}
+
+/** Checks the plugins' grants, then loads the plugins and runs their `init`. */
+async function openPlugins(
+  config: Config,
+  logger: Logger,
+  backends: Backends,
+  plugins: PluginSetup,
+  { delivery, ops }: { delivery: DeliveryService; ops: Ops },
+): Promise<PluginRegistry> {
   checkPermissions(config.plugins.permissions, {
     configFile: plugins.configFile,
     storageDir: config.storage.dir,
   });
   const metrics = ops.metrics;
-  const registry = await PluginRegistry.create({
+  return await PluginRegistry.create({
     delivery,
     isOnline: async (userId) => (await backends.presence.lookup([userId])).has(userId),
     logger,
@@ -96,15 +120,30 @@ export async function wireCore(
       loadFailure: (file) => metrics.pluginLoadFailures.inc({ file }),
     },
   });
-  if (config.plugins.watch && !Deno.build.standalone) registry.watch();
-  const gate: Gate = { accepting: true };
+}
+
+/** What every WebSocket session shares: the core's parts, the hooks and the limits. */
+function sessionDeps(
+  config: Config,
+  parts: {
+    backends: Backends;
+    hub: Hub;
+    delivery: DeliveryService;
+    registry: PluginRegistry;
+    ops: Ops;
+    gate: Gate;
+    users?: UserDirectory;
+    logger: Logger;
+  },
+): SessionDeps {
+  const { backends, hub, delivery, registry, ops, gate, users, logger } = parts;
   let connectionIds = 0;
-  const session: SessionDeps = {
+  return {
     delivery,
     sessions: backends.sessions,
     hub,
     custom: registry,
-    logger: logger.child("session"),
+    logger,
     events: {
       ...ops.events,
       registered(conn) {
@@ -130,5 +169,4 @@ export async function wireCore(
     accepting: () => gate.accepting,
     nextId: () => ++connectionIds,
   };
-  return { instanceId, hub, delivery, plugins: registry, ops, session, gate };
 }

@@ -45,60 +45,104 @@ export interface FrontDoor {
 
 const BODYLESS = new Set(["GET", "HEAD"]);
 
-/** Listens on `hostname:port`; rejects when the address cannot be bound. */
-export async function listen(options: FrontDoorOptions): Promise<FrontDoor> {
-  const server = http.createServer();
-  // Our own deadlines below are the ones that count; node's stay out of their way.
-  server.keepAliveTimeout = (options.keepAliveTimeoutSeconds + 5) * 1000;
-  const headerMs = options.headerTimeoutSeconds * 1000;
-  const keepAliveMs = options.keepAliveTimeoutSeconds * 1000;
-  const bodyMs = options.bodyTimeoutSeconds * 1000;
-  const sockets = new Set<Socket>();
-  const busy = new Set<Socket>();
-  const deadlines = new Map<Socket, ReturnType<typeof setTimeout>>();
-  const disarm = (socket: Socket) => {
-    clearTimeout(deadlines.get(socket));
-    deadlines.delete(socket);
-  };
-  const arm = (socket: Socket, ms: number, reason: string) => {
-    disarm(socket);
-    deadlines.set(
+/** One timer per socket: a socket that misses its deadline is destroyed. */
+class Deadlines {
+  #timers = new Map<Socket, ReturnType<typeof setTimeout>>();
+  #onCut?: (reason: string) => void;
+
+  constructor(onCut?: (reason: string) => void) {
+    this.#onCut = onCut;
+  }
+
+  /** Gives `socket` `ms` to get to the next step, replacing its current deadline. */
+  arm(socket: Socket, ms: number, reason: string): void {
+    this.disarm(socket);
+    this.#timers.set(
       socket,
       setTimeout(() => {
-        deadlines.delete(socket);
-        options.onCut?.(reason);
+        this.#timers.delete(socket);
+        this.#onCut?.(reason);
         socket.destroy();
       }, ms),
     );
-  };
+  }
 
+  /** Runs `then` once the body has arrived, unless another deadline replaced this one. */
+  disarmAfter(socket: Socket, done: (end: () => void) => void): void {
+    const timer = this.#timers.get(socket);
+    done(() => {
+      if (this.#timers.get(socket) === timer) this.disarm(socket);
+    });
+  }
+
+  disarm(socket: Socket): void {
+    clearTimeout(this.#timers.get(socket));
+    this.#timers.delete(socket);
+  }
+
+  clear(): void {
+    for (const timer of this.#timers.values()) clearTimeout(timer);
+    this.#timers.clear();
+  }
+}
+
+/** Listens on `hostname:port`; rejects when the address cannot be bound. */
+export async function listen(options: FrontDoorOptions): Promise<FrontDoor> {
+  const server = http.createServer();
+  // Our own deadlines are the ones that count; node's stay out of their way.
+  server.keepAliveTimeout = (options.keepAliveTimeoutSeconds + 5) * 1000;
+  const deadlines = new Deadlines(options.onCut);
+  const sockets = new Set<Socket>();
+  const busy = new Set<Socket>();
   server.on("connection", (socket: Socket) => {
     sockets.add(socket);
     socket.setNoDelay(true);
     socket.on("error", () => {}); // A reset peer; the close below cleans up.
     socket.on("close", () => {
-      disarm(socket);
+      deadlines.disarm(socket);
       sockets.delete(socket);
       busy.delete(socket);
     });
-    arm(socket, headerMs, "header_timeout");
+    deadlines.arm(socket, options.headerTimeoutSeconds * 1000, "header_timeout");
   });
+  server.on("request", onRequest(options, deadlines, busy));
+  server.on("upgrade", onUpgrade(options, deadlines));
+  server.on("clientError", onClientError(options));
+  const addr = await bind(server, options);
+  const host = addr.address.includes(":") ? `[${addr.address}]` : addr.address;
+  return {
+    url: `http://${host}:${addr.port}`,
+    port: addr.port,
+    async shutdown() {
+      server.close();
+      for (const socket of sockets) if (!busy.has(socket)) socket.destroy();
+      for (let waited = 0; busy.size > 0 && waited < 2000; waited += 10) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      for (const socket of sockets) socket.destroy();
+      deadlines.clear();
+      // Let the destroyed sockets' close callbacks run.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    },
+  };
+}
 
-  server.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+/** Plain HTTP requests: body and keep-alive deadlines around the route's answer. */
+function onRequest(options: FrontDoorOptions, deadlines: Deadlines, busy: Set<Socket>) {
+  return (req: http.IncomingMessage, res: http.ServerResponse) => {
     const socket = req.socket;
-    disarm(socket);
+    deadlines.disarm(socket);
     busy.add(socket);
     // A body must arrive within its own deadline (a slow body is slowloris too).
     if (!BODYLESS.has(req.method ?? "GET")) {
-      arm(socket, bodyMs, "body_timeout");
-      const body = deadlines.get(socket);
-      req.once("end", () => {
-        if (deadlines.get(socket) === body) disarm(socket);
-      });
+      deadlines.arm(socket, options.bodyTimeoutSeconds * 1000, "body_timeout");
+      deadlines.disarmAfter(socket, (end) => req.once("end", end));
     }
     res.on("close", () => {
       busy.delete(socket);
-      if (!socket.destroyed) arm(socket, keepAliveMs, "keepalive_timeout");
+      if (!socket.destroyed) {
+        deadlines.arm(socket, options.keepAliveTimeoutSeconds * 1000, "keepalive_timeout");
+      }
     });
     const ip = socket.remoteAddress ?? "";
     let request: Request;
@@ -117,11 +161,14 @@ export async function listen(options: FrontDoorOptions): Promise<FrontDoor> {
         res.end();
       },
     );
-  });
+  };
+}
 
-  server.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+/** Upgrade requests: the route either takes the socket over or answers on it. */
+function onUpgrade(options: FrontDoorOptions, deadlines: Deadlines) {
+  return (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
     const tcp = socket as Socket;
-    disarm(tcp);
+    deadlines.disarm(tcp);
     const ip = tcp.remoteAddress ?? "";
     let request: Request;
     try {
@@ -136,11 +183,14 @@ export async function listen(options: FrontDoorOptions): Promise<FrontDoor> {
       (response) => isUpgraded(response) ? undefined : writeRaw(socket, response),
       () => socket.destroy(),
     );
-  });
+  };
+}
 
+/** Bytes that are not HTTP: 400, or 431 for a head over the limit, logged within the budget. */
+function onClientError(options: FrontDoorOptions) {
   // Deno's node:http may report one bad request twice: answer and log it once.
   const refused = new WeakSet<Duplex>();
-  server.on("clientError", (error: Error & { code?: string }, socket: Duplex) => {
+  return (error: Error & { code?: string }, socket: Duplex) => {
     if (refused.has(socket)) return;
     refused.add(socket);
     const tooLarge = error.code === "HPE_HEADER_OVERFLOW";
@@ -151,10 +201,12 @@ export async function listen(options: FrontDoorOptions): Promise<FrontDoor> {
         ? "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
         : "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
     );
-  });
+  };
+}
 
+/** Binds the listener; the same errors as Deno.serve's, so callers need not know node's codes. */
+async function bind(server: http.Server, options: FrontDoorOptions): Promise<AddressInfo> {
   const { promise, resolve, reject } = Promise.withResolvers<AddressInfo>();
-  // The same errors as Deno.serve's, so callers need not know node's codes.
   const failed = (error: Error & { code?: string }) =>
     reject(
       error.code === "EADDRINUSE"
@@ -165,25 +217,11 @@ export async function listen(options: FrontDoorOptions): Promise<FrontDoor> {
     );
   server.once("error", failed);
   server.listen(options.port, options.hostname, () => resolve(server.address() as AddressInfo));
-  const addr = await promise;
-  server.off("error", failed);
-  const host = addr.address.includes(":") ? `[${addr.address}]` : addr.address;
-  return {
-    url: `http://${host}:${addr.port}`,
-    port: addr.port,
-    async shutdown() {
-      server.close();
-      for (const socket of sockets) if (!busy.has(socket)) socket.destroy();
-      for (let waited = 0; busy.size > 0 && waited < 2000; waited += 10) {
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
-      for (const socket of sockets) socket.destroy();
-      for (const timer of deadlines.values()) clearTimeout(timer);
-      deadlines.clear();
-      // Let the destroyed sockets' close callbacks run.
-      await new Promise((resolve) => setTimeout(resolve, 0));
-    },
-  };
+  try {
+    return await promise;
+  } finally {
+    server.off("error", failed);
+  }
 }
 
 /** One refused input on the log, within its budget (an attacker cannot flood it). */
