@@ -87,20 +87,8 @@ export async function startServer(patch: DeepPartial<ConfigInput> = {}): Promise
     logs,
     async connect(username: string, clientName = "web") {
       const user = TEST_USERS.find((u) => u.username === username)!;
-      const token = await login(url, username, user.password);
-      const sessionId = await wsSession(url, token, clientName);
-      const client = await TestClient.open(wsUrl);
+      const client = await registerClient(url, wsUrl, user, clientName);
       clients.push(client);
-      const reply = await client.request({
-        id: `reg-${crypto.randomUUID()}`,
-        type: 1000,
-        isSystem: false,
-        from: user.userId,
-        to: "",
-        body: JSON.stringify({ sessionId }),
-      });
-      if (reply.code !== 200) throw new Error(`Register failed: ${JSON.stringify(reply)}`);
-      client.userId = user.userId;
       return client;
     },
     async [Symbol.asyncDispose]() {
@@ -321,4 +309,85 @@ export class TestClient {
     if (this.#socket.readyState === WebSocket.OPEN) this.#socket.close(1000, "bye");
     if (this.#socket.readyState !== WebSocket.CLOSED) await this.#closed.promise;
   }
+}
+
+const frameEncoder = new TextEncoder();
+
+/** A WebSocket text frame from a client (masked with a zero key), for raw-socket tests. */
+export function clientFrame(text: string): Uint8Array {
+  const payload = frameEncoder.encode(text);
+  const n = payload.length;
+  const head = n < 126 ? [0x81, 0x80 | n] : n < 65536 ? [0x81, 0x80 | 126, n >> 8, n & 0xff] : [
+    0x81,
+    0x80 | 127,
+    0,
+    0,
+    0,
+    0,
+    (n >>> 24) & 0xff,
+    (n >> 16) & 0xff,
+    (n >> 8) & 0xff,
+    n & 0xff,
+  ];
+  return new Uint8Array([...head, 0, 0, 0, 0, ...payload]);
+}
+
+/** A user to log in as: `userId`, `username`, `password`. */
+export interface TestUser {
+  userId: string;
+  username: string;
+  password: string;
+}
+
+/** Logs `user` in and returns a fresh sessionId for `clientName`. */
+async function sessionFor(url: string, user: TestUser, clientName: string): Promise<string> {
+  return await wsSession(url, await login(url, user.username, user.password), clientName);
+}
+
+/** The 1000 frame that registers with `sessionId` as `userId`. */
+function registerFrame(userId: string, sessionId: string, id = `reg-${crypto.randomUUID()}`) {
+  return {
+    id,
+    type: 1000,
+    isSystem: false,
+    from: userId,
+    to: "",
+    body: JSON.stringify({ sessionId }),
+  };
+}
+
+/** Logs in as `user` and registers a {@link TestClient} as `clientName`. */
+export async function registerClient(
+  url: string,
+  wsUrl: string,
+  user: TestUser,
+  clientName: string,
+): Promise<TestClient> {
+  const sessionId = await sessionFor(url, user, clientName);
+  const client = await TestClient.open(wsUrl);
+  const reply = await client.request(registerFrame(user.userId, sessionId));
+  if (reply.code !== 200) throw new Error(`Register failed: ${JSON.stringify(reply)}`);
+  client.userId = user.userId;
+  return client;
+}
+
+/** Registers `user` over a raw TCP socket that then never reads (a stuck client). */
+export async function registerRaw(
+  url: string,
+  port: number,
+  user: TestUser,
+  clientName: string,
+): Promise<Deno.Conn> {
+  const sessionId = await sessionFor(url, user, clientName);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(frameEncoder.encode(
+    `GET /websocket HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
+      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
+      `Sec-WebSocket-Version: 13\r\n\r\n`,
+  ));
+  const buffer = new Uint8Array(4096);
+  const head = new TextDecoder().decode(buffer.subarray(0, (await conn.read(buffer)) ?? 0));
+  if (!head.startsWith("HTTP/1.1 101")) throw new Error(`Upgrade refused: ${head}`);
+  await conn.write(clientFrame(JSON.stringify(registerFrame(user.userId, sessionId, "reg"))));
+  return conn;
 }

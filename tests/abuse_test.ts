@@ -9,13 +9,13 @@
  */
 import { assert, assertEquals } from "./_assert.ts";
 import {
-  login,
+  clientFrame,
+  registerClient,
+  registerRaw,
   startServer,
   TEST_API_KEY,
   TEST_USERS,
-  TestClient,
   type TestServer,
-  wsSession,
 } from "./_helpers.ts";
 import { hashPassword } from "../src/auth/password.ts";
 import { UserDirectory } from "../src/auth/users.ts";
@@ -25,25 +25,11 @@ const BYSTANDERS = [
   { userId: "u5", username: "erin", password: "erin-pw" },
 ];
 const USERS = [...TEST_USERS, ...BYSTANDERS];
-const encoder = new TextEncoder();
 
 /** Logs in as any of {@link USERS} and registers a connection. */
-async function connectAs(srv: TestServer, username: string, clientName = "web") {
+function connectAs(srv: TestServer, username: string, clientName = "web") {
   const user = USERS.find((u) => u.username === username)!;
-  const token = await login(srv.url, username, user.password);
-  const sessionId = await wsSession(srv.url, token, clientName);
-  const client = await TestClient.open(srv.wsUrl);
-  const reply = await client.request({
-    id: `reg-${crypto.randomUUID()}`,
-    type: 1000,
-    isSystem: false,
-    from: user.userId,
-    to: "",
-    body: JSON.stringify({ sessionId }),
-  });
-  if (reply.code !== 200) throw new Error(`Register failed: ${JSON.stringify(reply)}`);
-  client.userId = user.userId;
-  return client;
+  return registerClient(srv.url, srv.wsUrl, user, clientName);
 }
 
 /**
@@ -80,52 +66,10 @@ async function bystanders(srv: TestServer) {
   };
 }
 
-/** A WebSocket text frame from a client (masked with a zero key). */
-function clientFrame(text: string): Uint8Array {
-  const payload = encoder.encode(text);
-  const n = payload.length;
-  const head = n < 126 ? [0x81, 0x80 | n] : n < 65536 ? [0x81, 0x80 | 126, n >> 8, n & 0xff] : [
-    0x81,
-    0x80 | 127,
-    0,
-    0,
-    0,
-    0,
-    (n >>> 24) & 0xff,
-    (n >> 16) & 0xff,
-    (n >> 8) & 0xff,
-    n & 0xff,
-  ];
-  const frame = new Uint8Array(head.length + 4 + n);
-  frame.set(head);
-  frame.set(payload, head.length + 4);
-  return frame;
-}
-
 /** Registers `username` over a raw TCP socket that then never reads. */
-async function stuckClient(srv: TestServer, username: string, clientName: string) {
+function stuckClient(srv: TestServer, username: string, clientName: string) {
   const user = USERS.find((u) => u.username === username)!;
-  const token = await login(srv.url, username, user.password);
-  const sessionId = await wsSession(srv.url, token, clientName);
-  const { port } = srv.server;
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  await conn.write(encoder.encode(
-    `GET /websocket HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
-      `Sec-WebSocket-Version: 13\r\n\r\n`,
-  ));
-  const buffer = new Uint8Array(1024);
-  const head = new TextDecoder().decode(buffer.subarray(0, (await conn.read(buffer)) ?? 0));
-  assert(head.startsWith("HTTP/1.1 101"), head);
-  await conn.write(clientFrame(JSON.stringify({
-    id: "reg",
-    type: 1000,
-    isSystem: false,
-    from: user.userId,
-    to: "",
-    body: JSON.stringify({ sessionId }),
-  })));
-  return conn;
+  return registerRaw(srv.url, srv.server.port, user, clientName);
 }
 
 async function slowConsumerCloses(srv: TestServer): Promise<number> {

@@ -1,43 +1,11 @@
 import { assert, assertEquals } from "./_assert.ts";
-import { login, startServer, wsSession } from "./_helpers.ts";
-
-const encoder = new TextEncoder();
-
-/** A WebSocket text frame from a client (masked with a zero key). */
-function clientFrame(text: string): Uint8Array {
-  const payload = encoder.encode(text);
-  const head = payload.length < 126 ? [0x81, 0x80 | payload.length] : [
-    0x81,
-    0x80 | 126,
-    payload.length >> 8,
-    payload.length & 0xff,
-  ];
-  return new Uint8Array([...head, 0, 0, 0, 0, ...payload]);
-}
+import { registerRaw, startServer, TEST_USERS } from "./_helpers.ts";
 
 Deno.test("a client that stops reading is closed with 1013 and loses nothing", async () => {
   await using srv = await startServer({ limits: { maxBufferedBytes: 262144 } });
   const { port } = srv.server;
   // bob registers over a raw TCP socket, then never reads again.
-  const token = await login(srv.url, "bob", "bob-pw");
-  const sessionId = await wsSession(srv.url, token, "stuck");
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  await conn.write(encoder.encode(
-    `GET /websocket HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
-      `Sec-WebSocket-Version: 13\r\n\r\n`,
-  ));
-  const buffer = new Uint8Array(4096);
-  const head = new TextDecoder().decode(buffer.subarray(0, (await conn.read(buffer)) ?? 0));
-  assert(head.startsWith("HTTP/1.1 101"), head);
-  await conn.write(clientFrame(JSON.stringify({
-    id: "reg",
-    type: 1000,
-    isSystem: false,
-    from: "u2",
-    to: "",
-    body: JSON.stringify({ sessionId }),
-  })));
+  const conn = await registerRaw(srv.url, port, TEST_USERS[1], "stuck");
 
   const alice = await srv.connect("alice");
   const big = "x".repeat(30_000);

@@ -270,8 +270,27 @@ function unmask(payload: Buffer, buf: Buffer, at: number) {
   for (; i < n; i++) payload[i] ^= mask[i & 3];
 }
 
-/** An unmasked, final text frame holding `text` (RFC 6455 section 5.2), in one buffer. */
+/**
+ * The last frame built and its text: a fan-out sends one text to many sockets
+ * in a row, and a server's frames are unmasked, so they can share the bytes
+ * (sockets only read what they are given).
+ */
+let lastText: string | undefined;
+let lastFrame: Buffer = EMPTY;
+
+/**
+ * An unmasked, final text frame holding `text` (RFC 6455 section 5.2), in one
+ * buffer; encoded once for consecutive sends of the same text.
+ */
 export function textFrame(text: string): Buffer {
+  if (text === lastText) return lastFrame;
+  const frame = buildTextFrame(text);
+  lastText = text;
+  lastFrame = frame;
+  return frame;
+}
+
+function buildTextFrame(text: string): Buffer {
   const n = Buffer.byteLength(text);
   const head = n < 126 ? 2 : n < 65536 ? 4 : 10;
   const frame = Buffer.allocUnsafe(head + n);

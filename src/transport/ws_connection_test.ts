@@ -1,5 +1,5 @@
 /** WebSocket framing: the handshake key, and text frames at each length boundary. */
-import { assertEquals } from "../../tests/_assert.ts";
+import { assert, assertEquals } from "../../tests/_assert.ts";
 import { acceptKey, switchingProtocols, textFrame } from "./ws_connection.ts";
 
 Deno.test("acceptKey() gives RFC 6455's example answer", () => {
@@ -29,4 +29,15 @@ Deno.test("textFrame() uses the 7-bit, 16-bit and 64-bit lengths at their bounda
   // Lengths are bytes, not characters.
   assertEquals(textFrame("é€").subarray(2).toString("utf8"), "é€");
   assertEquals(textFrame("é€")[1], 5);
+});
+
+Deno.test("textFrame() encodes a text once for consecutive sends, and anew for another text", () => {
+  const text = JSON.stringify({ id: "fan-1", body: "to many sockets" });
+  const first = textFrame(text);
+  assert(textFrame(text) === first, "the same bytes for the same text");
+  assert(textFrame(`${text}`.slice(0)) === first, "an equal string hits too");
+  const other = textFrame(JSON.stringify({ id: "fan-2", body: "to many sockets" }));
+  assert(other !== first);
+  assertEquals(other.subarray(2).toString("utf8"), '{"id":"fan-2","body":"to many sockets"}');
+  assertEquals(first.subarray(2).toString("utf8"), text, "an earlier frame is never changed");
 });
