@@ -371,6 +371,28 @@ export async function registerClient(
   return client;
 }
 
+/** Opens a WebSocket by hand on 127.0.0.1:`port`; returns the connection after the 101. */
+export async function openRawWebSocket(port: number): Promise<Deno.TcpConn> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(frameEncoder.encode(
+    `GET /websocket HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
+      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
+      `Sec-WebSocket-Version: 13\r\n\r\n`,
+  ));
+  const buffer = new Uint8Array(1024);
+  const decoder = new TextDecoder();
+  let head = "";
+  while (!head.includes("\r\n\r\n")) {
+    const n = await conn.read(buffer);
+    if (n === null) {
+      throw new Error(`Upgrade refused: connection closed after ${JSON.stringify(head)}`);
+    }
+    head += decoder.decode(buffer.subarray(0, n));
+  }
+  if (!head.startsWith("HTTP/1.1 101")) throw new Error(`Upgrade refused: ${head}`);
+  return conn;
+}
+
 /** Registers `user` over a raw TCP socket that then never reads (a stuck client). */
 export async function registerRaw(
   url: string,
@@ -379,15 +401,7 @@ export async function registerRaw(
   clientName: string,
 ): Promise<Deno.Conn> {
   const sessionId = await sessionFor(url, user, clientName);
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  await conn.write(frameEncoder.encode(
-    `GET /websocket HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
-      `Sec-WebSocket-Version: 13\r\n\r\n`,
-  ));
-  const buffer = new Uint8Array(4096);
-  const head = new TextDecoder().decode(buffer.subarray(0, (await conn.read(buffer)) ?? 0));
-  if (!head.startsWith("HTTP/1.1 101")) throw new Error(`Upgrade refused: ${head}`);
+  const conn = await openRawWebSocket(port);
   await conn.write(clientFrame(JSON.stringify(registerFrame(user.userId, sessionId, "reg"))));
   return conn;
 }

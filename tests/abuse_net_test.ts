@@ -7,7 +7,7 @@
  * @module
  */
 import { assert, assertEquals } from "./_assert.ts";
-import { startServer, type TestServer } from "./_helpers.ts";
+import { openRawWebSocket, startServer, type TestServer } from "./_helpers.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -101,25 +101,6 @@ function frame(opcode: number, fin: boolean, payload: Uint8Array): Uint8Array {
   return out;
 }
 
-/** Opens a WebSocket by hand; returns the connection after the 101. */
-async function rawWebSocket(port: number): Promise<Deno.TcpConn> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  await conn.write(encoder.encode(
-    `GET /websocket HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
-      `Sec-WebSocket-Version: 13\r\n\r\n`,
-  ));
-  const buf = new Uint8Array(1024);
-  let head = "";
-  while (!head.includes("\r\n\r\n")) {
-    const n = await conn.read(buf);
-    if (n === null) throw new Error("Handshake failed: closed");
-    head += decoder.decode(buf.subarray(0, n));
-  }
-  assert(head.startsWith("HTTP/1.1 101"), head);
-  return conn;
-}
-
 /** The close code of the first close frame in `data` (server frames are unmasked), if any. */
 function closeCode(data: Uint8Array): number | undefined {
   let i = 0;
@@ -168,7 +149,7 @@ Deno.test("a fragmented message over maxFrameBytes is cut while it arrives (1009
 
   await t.step("20 unregistered sockets streaming 16 KiB fragments are each cut", async () => {
     const codes = await Promise.all(
-      Array.from({ length: 20 }, async () => fragmentBomb(await rawWebSocket(portOf(srv)))),
+      Array.from({ length: 20 }, async () => fragmentBomb(await openRawWebSocket(portOf(srv)))),
     );
     assertEquals(codes, new Array(20).fill(1009));
     await pair.exchange();
@@ -194,7 +175,7 @@ Deno.test("a fragmented message over maxFrameBytes is cut while it arrives (1009
 Deno.test("a fragmented message within maxFrameBytes is delivered, a ping inside it answered", async () => {
   await using srv = await startServer();
   const pair = await bystanders(srv);
-  const conn = await rawWebSocket(portOf(srv));
+  const conn = await openRawWebSocket(portOf(srv));
   const text = JSON.stringify({
     id: "frag-1",
     type: 2001,
@@ -226,7 +207,7 @@ Deno.test("a fragmented message within maxFrameBytes is delivered, a ping inside
 
 Deno.test("a frame sent a few bytes at a time is read once it is whole", async () => {
   await using srv = await startServer();
-  const conn = await rawWebSocket(portOf(srv));
+  const conn = await openRawWebSocket(portOf(srv));
   const text = JSON.stringify({
     id: "slow-1",
     type: 2001,
@@ -494,7 +475,7 @@ Deno.test("a peer that answers no ping is closed (1001); one that answers stays"
   // Deno's client answers pings by itself.
   const pair = await bystanders(srv);
   // A raw socket never answers: pinged after 0.5 s of silence, closed after about 1 s more.
-  const silent = await rawWebSocket(portOf(srv));
+  const silent = await openRawWebSocket(portOf(srv));
   const { closed, data } = await readUntilClosed(silent, 8000);
   silent.close();
   assert(closed, "the silent peer was closed");
@@ -507,7 +488,7 @@ Deno.test("a peer that answers no ping is closed (1001); one that answers stays"
 Deno.test("a text frame that is not UTF-8 closes its connection with 1007, and only it", async () => {
   await using srv = await startServer();
   const pair = await bystanders(srv);
-  const conn = await rawWebSocket(portOf(srv));
+  const conn = await openRawWebSocket(portOf(srv));
   await conn.write(frame(0x1, true, new Uint8Array([0x7b, 0xff, 0xfe, 0x7d])));
   const { closed, data } = await readUntilClosed(conn, 6000);
   conn.close();

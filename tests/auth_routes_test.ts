@@ -38,6 +38,23 @@ Deno.test("login routes", async (t) => {
     assertEquals((await missing.json()).code, 400);
   });
 
+  await t.step("an overlong username or password answers 400 before any check", async () => {
+    // Failed logins are counted by username: a megabyte name must not become a counter key.
+    for (
+      const body of [{ username: "a".repeat(257), password: "x" }, {
+        username: "alice",
+        password: "p".repeat(1025),
+      }]
+    ) {
+      const response = await post(`${url}/app/login`, body);
+      assertEquals(response.status, 400);
+      assertEquals(
+        (await response.json()).msg,
+        "username is at most 256 characters and password at most 1024",
+      );
+    }
+  });
+
   await t.step("bad JSON answers 400 as JSON", async () => {
     const response = await fetch(`${url}/app/login`, { method: "POST", body: "{nope" });
     assertEquals(response.status, 400);

@@ -320,3 +320,34 @@ Deno.test("receipts end the redelivery of plugin frames; ephemeral types are nev
   assertEquals(redelivered, 0, "the receipted plugin frame is not delivered again");
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("a plugin that sends in a loop without awaiting is refused past the in-flight cap", async () => {
+  const dir = await pluginDir({
+    "flood.ts": `export default {
+      name: "flood",
+      types: [7900],
+      async handle(message, ctx) {
+        const sends = Array.from({ length: 5000 }, (_, i) =>
+          ctx.send({ to: "u3", type: 7901, body: String(i), id: message.id + ":" + i }));
+        const refused = (await Promise.allSettled(sends)).filter((r) => r.status === "rejected");
+        if (refused.length > 0) return { code: 400, msg: refused.length + " " + refused[0].reason.message };
+      },
+    };`,
+    "sink.ts": `export default { name: "sink", types: [7901], handle() {} };`,
+  });
+  const storage = await Deno.makeTempDir({ prefix: "im-flood-" });
+  await using srv = await startServer({
+    plugins: { dir, timeoutMs: 20_000, watch: false, maxSendsInFlight: 8 },
+    storage: { driver: "sqlite", dir: storage },
+  });
+  const alice = await srv.connect("alice");
+  const bob = await srv.connect("bob");
+  const reply = await alice.request(frame("u1", 7900, "u2", "go"));
+  assertEquals(reply.code, 400);
+  assert(reply.msg?.includes("Too many sends in flight: at most 8"), reply.msg);
+  const refused = Number(reply.msg!.split(" ")[0]);
+  assert(refused > 0 && refused < 5000, `${refused} of 5000 refused: the rest were accepted`);
+  await bystanders(srv, alice, bob, "after the flood");
+  await Deno.remove(dir, { recursive: true });
+  await Deno.remove(storage, { recursive: true });
+});

@@ -172,6 +172,8 @@ export const ConfigSchema = z.strictObject({
     permissions: z.record(z.string(), PluginPermissionsSchema).default({}),
     /** Heap limit of each plugin's host process, in MiB. */
     maxHeapMb: z.int().min(16).max(16384).default(128),
+    /** `ctx.send` calls of one plugin being accepted at once; one more is refused. */
+    maxSendsInFlight: z.int().min(1).max(1_000_000).default(1024),
     /** Watch `dir` and reload plugins when its files change. */
     watch: z.boolean().default(true),
   }).prefault({}),

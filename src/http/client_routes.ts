@@ -46,9 +46,13 @@ export interface ClientRouteDeps {
 
 const SAME_SITE = { lax: "Lax", strict: "Strict", none: "None" } as const;
 
+/** Longest username and password read: failed logins are counted by username (memory). */
+const MAX_USERNAME = 256;
+const MAX_PASSWORD = 1024;
+
 const Credentials = z.object({
-  username: z.string().min(1),
-  password: z.string().min(1),
+  username: z.string().min(1).max(MAX_USERNAME),
+  password: z.string().min(1).max(MAX_PASSWORD),
 });
 
 /** Adds the `/app` and `/api` routes. */
@@ -62,7 +66,15 @@ export function addClientRoutes(router: Router, deps: ClientRouteDeps): void {
     // An address over its budget costs no body reading.
     refuse(guard.check(ip));
     const parsed = Credentials.safeParse(await readFields(request));
-    if (!parsed.success) throw new HttpError(400, "username and password are required");
+    if (!parsed.success) {
+      const tooLong = parsed.error.issues.some((issue) => issue.code === "too_big");
+      throw new HttpError(
+        400,
+        tooLong
+          ? `username is at most ${MAX_USERNAME} characters and password at most ${MAX_PASSWORD}`
+          : "username and password are required",
+      );
+    }
     const { username, password } = parsed.data;
     refuse(guard.check(ip, username));
     const userId = await deps.users.authenticate(username, password, (hash) => guard.hashing(hash));

@@ -65,8 +65,23 @@ export class Channel {
   }
 }
 
-/** Reads the messages of a stream until it ends. */
-export async function* messages(readable: ReadableStream<Uint8Array>): AsyncGenerator<unknown> {
+/** Largest message read from the other end: a frame, a config or a log line is far smaller. */
+export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+
+/** Thrown by {@link messages} when the other end announces a message over the cap. */
+export class OversizeMessageError extends Error {
+  override name = "OversizeMessageError";
+}
+
+/**
+ * Reads the messages of a stream until it ends. A message announced larger
+ * than `maxBytes` throws {@link OversizeMessageError} before any of it is
+ * buffered (a host process cannot make the server hold what it likes).
+ */
+export async function* messages(
+  readable: ReadableStream<Uint8Array>,
+  maxBytes = MAX_MESSAGE_BYTES,
+): AsyncGenerator<unknown> {
   let chunks: Uint8Array[] = [];
   let size = 0;
   for await (const chunk of readable) {
@@ -78,6 +93,11 @@ export async function* messages(readable: ReadableStream<Uint8Array>): AsyncGene
     const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
     while (buf.length - at >= 4) {
       const length = view.getUint32(at);
+      if (length > maxBytes) {
+        throw new OversizeMessageError(
+          `A message of ${length} bytes is over the ${maxBytes}-byte cap`,
+        );
+      }
       if (buf.length - at - 4 < length) break;
       yield JSON.parse(decoder.decode(buf.subarray(at + 4, at + 4 + length)));
       at += 4 + length;

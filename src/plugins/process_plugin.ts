@@ -11,19 +11,16 @@ import { StatusCode, statusName } from "../protocol/codes.ts";
 import type { Message } from "../protocol/frame.ts";
 import type { Connection } from "../core/hub.ts";
 import type { Status } from "../core/client_session.ts";
-import type { Logger } from "../log.ts";
-import { Channel, messages } from "./ipc.ts";
+import { Channel, messages, OversizeMessageError } from "./ipc.ts";
 import { settlesWithin, withTimeout } from "../util/deadline.ts";
 import { PluginError } from "./loader.ts";
 import type { HostMessage, ServerMessage } from "./host_messages.ts";
-import type { ClientInfo, PluginSend, SendResult } from "./types.ts";
-import type { PluginObserver, PluginUnit } from "./unit.ts";
+import type { ClientInfo } from "./types.ts";
+import type { InProcessOptions, PluginUnit } from "./unit.ts";
 import { permissionFlags, type PluginPermissions } from "./permissions.ts";
 
 /** How to start a plugin's host process. */
-export interface ProcessPluginOptions {
-  /** The plugin's file name (for messages). */
-  file: string;
+export interface ProcessPluginOptions extends InProcessOptions {
   /** Its URL. */
   url: string;
   /** The deno executable. */
@@ -34,12 +31,12 @@ export interface ProcessPluginOptions {
   grantsFor(name: string): PluginPermissions | undefined;
   /** Heap limit of the host process, in MiB, unless its grants say otherwise. */
   maxHeapMb: number;
-  timeoutMs: number;
-  logger: Logger;
-  observer?: PluginObserver;
-  /** Sends a frame for the plugin; `sender` absent means as the system. */
-  send(frame: PluginSend, sender: Connection | undefined): Promise<SendResult>;
-  isOnline(userId: string): Promise<boolean>;
+  /**
+   * `ctx.send` calls being accepted at once (`plugins.maxSendsInFlight`); one
+   * more is refused (its promise rejects in the plugin), so a plugin that sends
+   * in a loop without awaiting cannot make the server hold an unbounded queue.
+   */
+  maxSendsInFlight: number;
   /** Milliseconds before the first restart; doubles up to {@link maxBackoffMs}. @default 200 */
   backoffMs?: number;
   /** @default 30000 */
@@ -127,8 +124,12 @@ class Host {
           if (waiter >= 0) this.#waiters.splice(waiter, 1);
           else onMessage(host);
         }
-      } catch {
-        // The process died mid-message.
+      } catch (error) {
+        // The process died mid-message, or broke the channel's rules: it is stopped and restarted.
+        if (error instanceof OversizeMessageError) {
+          options.logger.error("Plugin host broke the channel: stopped", { error: error.message });
+        }
+        this.kill();
       }
     })();
     const errors = (async () => {
@@ -212,6 +213,8 @@ export class ProcessPlugin implements PluginUnit {
   /** Senders of the last answered calls. */
   #answered = new Map<number, Connection>();
   #ids = 0;
+  /** `ctx.send` calls of this plugin still being accepted. */
+  #sending = 0;
   #failures = 0;
   #restartTimer?: ReturnType<typeof setTimeout>;
   #probe?: ReturnType<typeof setTimeout>;
@@ -416,6 +419,16 @@ export class ProcessPlugin implements PluginUnit {
           host.post({ t: "reply", rid: message.rid, error: "The frame's handling has ended" });
           return;
         }
+        const cap = this.#options.maxSendsInFlight;
+        if (this.#sending >= cap) {
+          host.post({
+            t: "reply",
+            rid: message.rid,
+            error: `Too many sends in flight: at most ${cap}, await them`,
+          });
+          return;
+        }
+        this.#sending++;
         this.#options.send(message.frame, sender).then(
           (value) => host.post({ t: "reply", rid: message.rid, value }),
           (error) =>
@@ -424,7 +437,7 @@ export class ProcessPlugin implements PluginUnit {
               rid: message.rid,
               error: error instanceof Error ? error.message : String(error),
             }),
-        );
+        ).finally(() => this.#sending--);
         return;
       }
       case "isOnline":

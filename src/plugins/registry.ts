@@ -44,6 +44,8 @@ export interface PluginRuntime {
   permissions: Record<string, PluginPermissions>;
   /** Heap limit of a host process in MiB. */
   maxHeapMb: number;
+  /** `plugins.maxSendsInFlight`: a host plugin's `ctx.send` calls being accepted at once. */
+  maxSendsInFlight: number;
   /** The deno executable for host processes; absent: every plugin runs in process. */
   denoPath?: string;
   observer?: PluginObserver;
@@ -358,6 +360,7 @@ export class PluginRegistry implements CustomTypes {
         url,
         denoPath: runtime.denoPath,
         maxHeapMb: runtime.maxHeapMb,
+        maxSendsInFlight: runtime.maxSendsInFlight,
         ownFiles: own,
         grantsFor: (name: string) => runtime.permissions[name],
       }, Object.getOwnPropertyDescriptors(options)) as ProcessPluginOptions);

@@ -40,12 +40,15 @@ export interface PluginUnit {
   close(): Promise<void>;
 }
 
-/** What an in-process plugin needs. */
+/** What an in-process plugin needs (a host process needs more: `ProcessPluginOptions`). */
 export interface InProcessOptions {
+  /** The plugin's file name (for messages). */
   file: string;
+  /** Milliseconds a handler may take (`plugins.timeoutMs`). */
   timeoutMs: number;
   logger: Logger;
   observer?: PluginObserver;
+  /** Sends a frame for the plugin; `sender` absent means as the system. */
   send(frame: PluginSend, sender: Connection | undefined): Promise<SendResult>;
   isOnline(userId: string): Promise<boolean>;
 }

@@ -111,6 +111,7 @@ async function openPlugins(
     config: config.plugins.config,
     permissions: config.plugins.permissions,
     maxHeapMb: config.plugins.maxHeapMb,
+    maxSendsInFlight: config.plugins.maxSendsInFlight,
     denoPath: plugins.denoPath,
     observer: {
       error: (name) => metrics.pluginError(name),

@@ -40,6 +40,13 @@ export interface WsHandlers {
 
 /** Milliseconds a closing socket has to finish the close handshake before it is cut. */
 const CLOSE_GRACE_MS = 3000;
+/**
+ * Unsent bytes above which a ping gets no pong: a peer that sends pings and
+ * never reads cannot make the server queue pongs for it (RFC 6455 5.5.3 lets an
+ * endpoint answer only the latest ping). Data frames have their own cap,
+ * `limits.maxBufferedBytes`, in the session.
+ */
+export const PONG_BACKLOG_BYTES = 65536;
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 const EMPTY = Buffer.alloc(0);
 
@@ -227,7 +234,9 @@ export class WsConnection {
         return false;
       }
       case 0x9:
-        if (this.isOpen) this.#socket.write(controlFrame(0xa, payload));
+        if (this.isOpen && this.bufferedAmount <= PONG_BACKLOG_BYTES) {
+          this.#socket.write(controlFrame(0xa, payload));
+        }
         return true;
       case 0xa:
         return true;

@@ -1,6 +1,14 @@
 /** WebSocket framing: the handshake key, and text frames at each length boundary. */
 import { assert, assertEquals } from "../../tests/_assert.ts";
-import { acceptKey, switchingProtocols, textFrame } from "./ws_connection.ts";
+import { Buffer } from "node:buffer";
+import type { Duplex } from "node:stream";
+import {
+  acceptKey,
+  PONG_BACKLOG_BYTES,
+  switchingProtocols,
+  textFrame,
+  WsConnection,
+} from "./ws_connection.ts";
 
 Deno.test("acceptKey() gives RFC 6455's example answer", () => {
   assertEquals(acceptKey("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
@@ -40,4 +48,40 @@ Deno.test("textFrame() encodes a text once for consecutive sends, and anew for a
   assert(other !== first);
   assertEquals(other.subarray(2).toString("utf8"), '{"id":"fan-2","body":"to many sockets"}');
   assertEquals(first.subarray(2).toString("utf8"), text, "an earlier frame is never changed");
+});
+
+Deno.test("a peer that sends pings and never reads gets no more pongs once PONG_BACKLOG_BYTES wait", () => {
+  // A socket whose peer never reads: everything written stays queued.
+  let queued = 0;
+  let pongs = 0;
+  const handlers = new Map<string, (chunk: Buffer) => void>();
+  const socket = {
+    writable: true,
+    destroyed: false,
+    get writableLength() {
+      return queued;
+    },
+    on(event: string, listener: (chunk: Buffer) => void) {
+      handlers.set(event, listener);
+      return socket;
+    },
+    write(frame: Uint8Array) {
+      queued += frame.length;
+      if ((frame[0] & 0x0f) === 0xa) pongs++;
+      return false;
+    },
+  };
+  new WsConnection(socket as unknown as Duplex, {
+    text() {},
+    binary() {},
+    activity() {},
+    refused() {},
+    closed() {},
+  }, 65536);
+  // 10,000 masked pings of 125 bytes each (a zero mask leaves the payload as is).
+  const ping = Buffer.concat([Buffer.from([0x89, 0x80 | 125, 0, 0, 0, 0]), Buffer.alloc(125)]);
+  for (let i = 0; i < 100; i++) handlers.get("data")!(Buffer.concat(Array(100).fill(ping)));
+  assert(pongs > 0, "pings are answered while little waits");
+  assert(queued <= PONG_BACKLOG_BYTES + 127, `queued ${queued} bytes of pongs`);
+  assert(pongs < 10_000);
 });
