@@ -351,3 +351,31 @@ Deno.test("a plugin that sends in a loop without awaiting is refused past the in
   await Deno.remove(dir, { recursive: true });
   await Deno.remove(storage, { recursive: true });
 });
+
+Deno.test("a plugin that logs in a loop writes at most plugins.logLinesPerMinute lines", async () => {
+  const dir = await pluginDir({
+    "chatty.ts": `export default {
+      name: "chatty",
+      types: [7950],
+      handle(message, ctx) {
+        for (let i = 0; i < 2000; i++) ctx.logger.info("chatty line " + i);
+        for (let i = 0; i < 500; i++) console.log("printed line " + i);
+      },
+    };`,
+  });
+  await using srv = await startServer({
+    plugins: { dir, watch: false, logLinesPerMinute: 50 },
+    log: { level: "info" },
+  });
+  const alice = await srv.connect("alice");
+  const bob = await srv.connect("bob");
+  assertEquals((await alice.request(frame("u1", 7950, "u2", "go"))).code, 200);
+  await bystanders(srv, alice, bob, "after the chatter");
+  const lines = () =>
+    srv.logs.filter((l) => l.line.includes("chatty line") || l.line.includes("printed line"))
+      .length;
+  await until("some lines arrived", () => lines() > 0);
+  await new Promise((resolve) => setTimeout(resolve, 300)); // Let the rest arrive, if any.
+  assert(lines() <= 50, `${lines()} plugin lines written`);
+  await Deno.remove(dir, { recursive: true });
+});

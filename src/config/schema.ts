@@ -174,6 +174,8 @@ export const ConfigSchema = z.strictObject({
     maxHeapMb: z.int().min(16).max(16384).default(128),
     /** `ctx.send` calls of one plugin being accepted at once; one more is refused. */
     maxSendsInFlight: z.int().min(1).max(1_000_000).default(1024),
+    /** Log lines (and output lines) of one sandboxed plugin written per minute; the rest are counted. */
+    logLinesPerMinute: z.int().min(1).max(1_000_000).default(600),
     /** Watch `dir` and reload plugins when its files change. */
     watch: z.boolean().default(true),
   }).prefault({}),

@@ -12,6 +12,7 @@ import type { Message } from "../protocol/frame.ts";
 import type { Connection } from "../core/hub.ts";
 import type { Status } from "../core/client_session.ts";
 import { Channel, messages, OversizeMessageError } from "./ipc.ts";
+import { LogBudget } from "../util/log_budget.ts";
 import { settlesWithin, withTimeout } from "../util/deadline.ts";
 import { PluginError } from "./loader.ts";
 import type { HostMessage, ServerMessage } from "./host_messages.ts";
@@ -37,6 +38,8 @@ export interface ProcessPluginOptions extends InProcessOptions {
    * in a loop without awaiting cannot make the server hold an unbounded queue.
    */
   maxSendsInFlight: number;
+  /** `plugins.logLinesPerMinute`: the plugin's log lines and output written per minute. */
+  logLinesPerMinute: number;
   /** Milliseconds before the first restart; doubles up to {@link maxBackoffMs}. @default 200 */
   backoffMs?: number;
   /** @default 30000 */
@@ -93,6 +96,7 @@ class Host {
     options: ProcessPluginOptions,
     grants: PluginPermissions | undefined,
     onMessage: (message: HostMessage) => void,
+    lines: LogBudget,
   ) {
     this.#onMessage = onMessage;
     const child = new Deno.Command(options.denoPath, {
@@ -133,11 +137,12 @@ class Host {
       }
     })();
     const errors = (async () => {
-      const logger = options.logger;
       try {
         for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
           this.stderr = (this.stderr + text).slice(-4096);
-          for (const line of text.split("\n")) if (line.trim()) logger.warn("Output", { line });
+          for (const line of text.split("\n")) {
+            if (line.trim()) lines.write("warn", "plugin", "Output", { line });
+          }
         }
       } catch {
         // The process was killed mid-read.
@@ -213,6 +218,8 @@ export class ProcessPlugin implements PluginUnit {
   /** Senders of the last answered calls. */
   #answered = new Map<number, Connection>();
   #ids = 0;
+  /** The plugin's log lines and output, within `plugins.logLinesPerMinute`. */
+  #lines: LogBudget;
   /** `ctx.send` calls of this plugin still being accepted. */
   #sending = 0;
   #failures = 0;
@@ -225,6 +232,7 @@ export class ProcessPlugin implements PluginUnit {
   constructor(options: ProcessPluginOptions) {
     this.file = options.file;
     this.#options = options;
+    this.#lines = new LogBudget(options.logger, options.logLinesPerMinute);
   }
 
   /** Whether the host process is up and initialized. */
@@ -322,7 +330,12 @@ export class ProcessPlugin implements PluginUnit {
   }
 
   #spawn(): Host {
-    const host = new Host(this.#options, this.#grants, (message) => this.#message(host, message));
+    const host = new Host(
+      this.#options,
+      this.#grants,
+      (message) => this.#message(host, message),
+      this.#lines,
+    );
     this.#host = host;
     host.exited.then((status) => this.#exited(host, status));
     return host;
@@ -448,7 +461,7 @@ export class ProcessPlugin implements PluginUnit {
         return;
       case "log": {
         const fields = message.fields ? revive(message.fields) : undefined;
-        logger[message.level](message.msg, fields);
+        this.#lines.write(message.level, "plugin", message.msg, fields);
         return;
       }
       case "hookError":

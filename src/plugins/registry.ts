@@ -46,6 +46,8 @@ export interface PluginRuntime {
   maxHeapMb: number;
   /** `plugins.maxSendsInFlight`: a host plugin's `ctx.send` calls being accepted at once. */
   maxSendsInFlight: number;
+  /** `plugins.logLinesPerMinute`. */
+  logLinesPerMinute: number;
   /** The deno executable for host processes; absent: every plugin runs in process. */
   denoPath?: string;
   observer?: PluginObserver;
@@ -361,6 +363,7 @@ export class PluginRegistry implements CustomTypes {
         denoPath: runtime.denoPath,
         maxHeapMb: runtime.maxHeapMb,
         maxSendsInFlight: runtime.maxSendsInFlight,
+        logLinesPerMinute: runtime.logLinesPerMinute,
         ownFiles: own,
         grantsFor: (name: string) => runtime.permissions[name],
       }, Object.getOwnPropertyDescriptors(options)) as ProcessPluginOptions);

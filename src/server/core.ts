@@ -112,6 +112,7 @@ async function openPlugins(
     permissions: config.plugins.permissions,
     maxHeapMb: config.plugins.maxHeapMb,
     maxSendsInFlight: config.plugins.maxSendsInFlight,
+    logLinesPerMinute: config.plugins.logLinesPerMinute,
     denoPath: plugins.denoPath,
     observer: {
       error: (name) => metrics.pluginError(name),
