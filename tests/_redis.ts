@@ -50,6 +50,14 @@ export interface RedisServerOptions {
   port?: number;
   /** Start as a replica of the Redis on this port (127.0.0.1). */
   replicaOf?: number;
+  /**
+   * Working directory without an AOF: kept across {@link RedisServer.kill} and
+   * {@link RedisServer.restart} and left for the caller to remove (a cluster node keeps its
+   * `nodes.conf` there). @default a temporary directory removed on kill
+   */
+  dir?: string;
+  /** More `redis-server` arguments, appended after the others (e.g. cluster settings). */
+  extraArgs?: string[];
 }
 
 /** A running `redis-server` owned by a test. */
@@ -85,6 +93,8 @@ export class RedisServer implements AsyncDisposable {
     const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", ""];
     if (this.#options.aofDir) {
       args.push("--appendonly", "yes", "--appendfsync", "always", "--dir", this.#options.aofDir);
+    } else if (this.#options.dir) {
+      args.push("--appendonly", "no", "--dir", this.#options.dir);
     } else {
       // Replication writes an RDB file even without persistence: keep it out of the repository.
       this.#scratch ??= Deno.makeTempDirSync({ prefix: "im-redis-" });
@@ -93,6 +103,7 @@ export class RedisServer implements AsyncDisposable {
     if (this.#options.replicaOf !== undefined) {
       args.push("--replicaof", "127.0.0.1", String(this.#options.replicaOf));
     }
+    if (this.#options.extraArgs) args.push(...this.#options.extraArgs);
     this.#child = new Deno.Command(REDIS_SERVER!, {
       args,
       stdin: "null",
