@@ -30,10 +30,6 @@ import { deliveryStream, type RedisLayout } from "./redis_layout.ts";
 /** The text of a stream entry carrying `delivery`. */
 export const deliveryEntry = (delivery: Delivery): string => JSON.stringify(["d", delivery]);
 
-/** The entry of the part of `delivery` for `users` (and `echo`, '' for none) of one group. */
-export const partEntry = (delivery: Delivery, users: string[], echo: string): string =>
-  deliveryEntry({ ...delivery, users, echoTo: echo === "" ? undefined : echo });
-
 /**
  * Lua: `route(PP, mode, text, max, origin, echo, users, first, seq)` finds
  * the instances holding a presence entry (under prefix `PP`) of
@@ -234,15 +230,15 @@ export class Router {
       return;
     }
     const slot = this.outbox.reserve();
-    const appends: Append[] = [];
+    const instances = new Set<string>();
     const results = await Promise.allSettled([...groups].map(async ([k, users]) => {
-      const groupEcho = k === echoGroup ? echo : "";
-      const instances = await this.lookup(k, users, groupEcho, delivery, "");
-      if (instances.length > 0) {
-        appends.push({ instances, text: partEntry(delivery, users, groupEcho) });
-      }
+      const found = await this.lookup(k, users, k === echoGroup ? echo : "", delivery, "");
+      for (const instance of found) instances.add(instance);
     }));
-    await slot.fill(appends);
+    // Once per instance, whole: each instance delivers to the users (and echo user) it holds.
+    await slot.fill(
+      instances.size > 0 ? [{ instances: [...instances], text: deliveryEntry(delivery) }] : [],
+    );
     for (const result of results) if (result.status === "rejected") throw result.reason;
   }
 }

@@ -49,7 +49,7 @@ import type { Logger } from "../log.ts";
 import { BackendUnavailableError } from "../core/errors.ts";
 import { guard, linkOf, type RedisClient, type RedisLink, RedisScripts } from "./redis.ts";
 import { RedisLayout } from "./redis_layout.ts";
-import { type Append, deliveryEntry, partEntry, ROUTE_LUA, Router } from "./route_redis.ts";
+import { type Append, deliveryEntry, ROUTE_LUA, Router } from "./route_redis.ts";
 import { createLogger } from "../log.ts";
 
 /** A stored message's key as read from a stream entry the store routed: with its sequence. */
@@ -73,7 +73,8 @@ local function pair(a, b)
   return b .. '\\0' .. a
 end
 -- Drops a recipient's hold on a message (popped: the caller took it off the head of the
--- recipient's held list already). Returns the state it had, the sender and the id.
+-- recipient's held list already). Returns the state it had, the sender, the id, and whether
+-- that was the group's last recipient of it (the group's copy is gone).
 local function forget(user, seq, popped)
   local m = P .. 'm:' .. seq
   local v = redis.call('HMGET', m, 's:' .. user, 'sender', 'id', 'n')
@@ -89,11 +90,11 @@ local function forget(user, seq, popped)
   redis.call('ZREM', P .. 'c:' .. pair(v[2], user), seq)
   if tonumber(v[4]) <= 1 then
     redis.call('DEL', m, P .. 'k:' .. v[2] .. '\\0' .. v[3])
-  else
-    redis.call('HDEL', m, 's:' .. user)
-    redis.call('HINCRBY', m, 'n', -1)
+    return state, v[2], v[3], true
   end
-  return state, v[2], v[3]
+  redis.call('HDEL', m, 's:' .. user)
+  redis.call('HINCRBY', m, 'n', -1)
+  return state, v[2], v[3], false
 end
 `;
 
@@ -102,15 +103,18 @@ end
  * text, acceptedAt, recipients JSON (all of them), maxPerUser,
  * maxPendingBytesPerSender ('' for none), route mode ('' none, 'i' append
  * inline, 'r' return the instances), entry text (inline), stream max length,
- * origin instance, echo user ('' for none), then the recipients of this
- * group. Returns {status, seq, drops, instances}: status 1 for a duplicate, 2
- * past the sender's quota (nothing stored), else 0; drops lists user, sender,
- * id of each unacknowledged message the per-user cap dropped; instances are
- * those holding the recipients (or the echo user), see ROUTE_LUA.
+ * origin instance, echo user ('' for none), order stamp ('' for none: on a
+ * Redis Cluster, history orders the copies of two groups by acceptedAt, then
+ * by it), then the recipients of this group. Returns {status, seq, drops, instances, gone}: status 1 for a
+ * duplicate, 2 past the sender's quota (nothing stored), else 0; drops lists
+ * user, sender, id of each unacknowledged message the per-user cap dropped;
+ * instances are those holding the recipients (or the echo user), see
+ * ROUTE_LUA; gone lists sender, id of each message whose copy in this group
+ * the cap removed.
  */
 const ACCEPT = PRELUDE + ROUTE_LUA + `
 local sender, id, text = ARGV[2], ARGV[3], ARGV[5]
-local FIRST = 15
+local FIRST = 16
 local count = #ARGV - FIRST + 1
 -- As a string once: Lua formats numbers with sprintf at every use.
 local seq = tostring(redis.call('INCR', P .. 'seq'))
@@ -129,6 +133,7 @@ end
 local m = P .. 'm:' .. seq
 local fields = {'sender', sender, 'id', id, 'type', ARGV[4], 'text', text, 'at', ARGV[6],
   'rcpt', ARGV[7], 'n', count}
+if ARGV[15] ~= '' then fields[#fields + 1] = 'u'; fields[#fields + 1] = ARGV[15] end
 -- One HSET for the common case; very long recipient lists go on in further calls.
 local last = math.min(#ARGV, FIRST + 199)
 for i = FIRST, last do
@@ -138,7 +143,7 @@ redis.call('HSET', m, unpack(fields))
 for i = last + 1, #ARGV do redis.call('HSET', m, 's:' .. ARGV[i], 'p') end
 redis.call('INCRBY', P .. 'pending', count)
 local max = tonumber(ARGV[8])
-local drops = {}
+local drops, gone = {}, {}
 for i = FIRST, #ARGV do
   local user = ARGV[i]
   local held = P .. 'held:' .. user
@@ -147,17 +152,18 @@ for i = FIRST, #ARGV do
   local n = redis.call('RPUSH', held, seq)
   while n > max do
     n = n - 1
-    local state, from, dropped = forget(user, redis.call('LPOP', held), true)
+    local state, from, dropped, last = forget(user, redis.call('LPOP', held), true)
     if state and state ~= 'a' then
       drops[#drops + 1] = user; drops[#drops + 1] = from; drops[#drops + 1] = dropped
     end
+    if last then gone[#gone + 1] = from; gone[#gone + 1] = dropped end
   end
 end
 local instances = {}
 if ARGV[10] ~= '' then
   instances = route(ARGV[1], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV, FIRST, seq)
 end
-return {0, seq, drops, instances}
+return {0, seq, drops, instances, gone}
 `;
 
 /**
@@ -229,7 +235,7 @@ return {1, instances}
 
 /**
  * KEYS[1]: store prefix. ARGV: user, peer, before (seq, or ''), limit.
- * Returns {seq, sender, id, type, text, at, rcpt, state} per message of the
+ * Returns {seq, sender, id, type, text, at, rcpt, state, order stamp} per message of the
  * pair stored in this group, newest first, up to limit + 1 of them.
  */
 const HISTORY = PRELUDE + `
@@ -241,11 +247,11 @@ local seqs = redis.call('ZRANGE', P .. 'c:' .. pair(user, peer), max, '-inf', 'B
 local out = {}
 for _, seq in ipairs(seqs) do
   local m = P .. 'm:' .. seq
-  local v = redis.call('HMGET', m, 'sender', 'id', 'type', 'text', 'at', 'rcpt')
+  local v = redis.call('HMGET', m, 'sender', 'id', 'type', 'text', 'at', 'rcpt', 'u')
   local other = user
   if v[1] == user then other = peer end
   local state = redis.call('HGET', m, 's:' .. other) or 'a'
-  out[#out + 1] = {seq, v[1], v[2], v[3], v[4], v[5], v[6], state}
+  out[#out + 1] = {seq, v[1], v[2], v[3], v[4], v[5], v[6], state, v[7] or '0'}
 end
 return out
 `;
@@ -255,13 +261,13 @@ return out
  * `swept` upward, dropping messages accepted before cutoff, up to the first
  * one that is not (seqs the cap, a dedupe or a drop left empty are passed
  * over); returns {messages dropped, unacknowledged (recipient, message)
- * pairs among them, seqs looked at}.
+ * pairs among them, seqs looked at, sender and id of each copy removed}.
  */
 const SWEEP = PRELUDE + `
 local cutoff, batch = tonumber(ARGV[1]), tonumber(ARGV[2])
 local from = tonumber(redis.call('GET', P .. 'swept') or '0')
 local top = tonumber(redis.call('GET', P .. 'seq') or '0')
-local dropped, unacked, looked = 0, 0, 0
+local dropped, unacked, looked, gone = 0, 0, 0, {}
 local seq = from
 while seq < top and looked < batch do
   local m = P .. 'm:' .. (seq + 1)
@@ -270,21 +276,79 @@ while seq < top and looked < batch do
   seq = seq + 1
   looked = looked + 1
   if v[3] then
-    dropped = dropped + 1
-    for _, user in ipairs(cjson.decode(v[3])) do
+    local users = cjson.decode(v[3])
+    -- Counted once, by the copy of the group of its first recipient.
+    if redis.call('HEXISTS', m, 's:' .. users[1]) == 1 then dropped = dropped + 1 end
+    for _, user in ipairs(users) do
       local state = forget(user, tostring(seq))
       if state and state ~= 'a' then unacked = unacked + 1 end
     end
     if redis.call('EXISTS', m) == 1 then
       redis.call('DEL', m, P .. 'k:' .. v[1] .. '\\0' .. v[2])
     end
+    gone[#gone + 1] = v[1]; gone[#gone + 1] = v[2]
   end
 end
 if seq > from then redis.call('SET', P .. 'swept', seq) end
-return {dropped, unacked, looked}
+return {dropped, unacked, looked, gone}
+`;
+
+/**
+ * On a Redis Cluster a message is known by its sender in the sender's group:
+ * `d:{sender}\0{id}` is 'p' while its copies are being stored, then the
+ * number of groups holding a copy; it expires with the retention period.
+ * KEYS[1]: the sender's store prefix. ARGV: presence prefix, sender, id, ttl
+ * (s), origin, echo user ('' for none), then nothing. Returns {1} when the
+ * message is known (a duplicate), else {0, instances holding the echo user}
+ * and marks it 'p'.
+ */
+const CLAIM = ROUTE_LUA + `
+local key = KEYS[1] .. 'd:' .. ARGV[2] .. '\\0' .. ARGV[3]
+local prior = redis.call('GET', key)
+if prior and prior ~= 'p' then return {1} end
+if not prior then redis.call('SET', key, 'p', 'EX', ARGV[4]) end
+local instances = {}
+if ARGV[6] ~= '' then instances = route(ARGV[1], 'r', '', '', ARGV[5], ARGV[6], ARGV, 7, nil) end
+return {0, instances}
+`;
+
+/**
+ * KEYS[1]: the sender's store prefix. ARGV: sender, id, groups: the message
+ * is stored in that many groups (a claim made by CLAIM). Then
+ * sender, id… pairs (`gone`) of messages whose copy in a group was removed.
+ */
+const SETTLE = `
+local P = KEYS[1]
+for i = 1, #ARGV, 3 do
+  local key = P .. 'd:' .. ARGV[i] .. '\\0' .. ARGV[i + 1]
+  local change = ARGV[i + 2]
+  local prior = redis.call('GET', key)
+  if change ~= '-1' then
+    if prior then redis.call('SET', key, change, 'KEEPTTL') end
+  elseif prior and prior ~= 'p' then
+    if tonumber(prior) <= 1 then redis.call('DEL', key)
+    else redis.call('SET', key, tonumber(prior) - 1, 'KEEPTTL') end
+  end
+end
+return 1
+`;
+
+/**
+ * KEYS[1]: store prefix. ARGV: sender, id, users: takes back the group's copy
+ * of a message stored by a resend that its claim found known (a repeat of
+ * the id to other recipients).
+ */
+const REVOKE = PRELUDE + `
+local seq = redis.call('GET', P .. 'k:' .. ARGV[1] .. '\\0' .. ARGV[2])
+if not seq then return 0 end
+for i = 3, #ARGV do forget(ARGV[i], seq) end
+return 1
 `;
 
 const SCRIPTS = {
+  CLAIM,
+  REVOKE,
+  SETTLE,
   ACCEPT,
   UNACKNOWLEDGED,
   MARK_DELIVERED,
@@ -336,7 +400,7 @@ export interface RedisStoreOptions {
   layout?: RedisLayout;
 }
 
-type AcceptReply = [0, string, string[], string[]] | [1 | 2];
+type AcceptReply = [0, string, string[], string[], string[]] | [1] | [2];
 
 /** Messages and delivery states in Redis, shared by every instance. */
 export class RedisStore implements MessageStore {
@@ -346,6 +410,9 @@ export class RedisStore implements MessageStore {
   #router?: Router;
   #maxPerUser: string;
   #retentionMs: number;
+  #lastStamp = 0;
+  /** Lifetime of a claim: the retention period and a day. */
+  #claimSeconds: number;
   #logger?: Logger;
   #sweepBatch: number;
   #maxPendingBytes: string;
@@ -366,6 +433,7 @@ export class RedisStore implements MessageStore {
     this.#layout = options.layout ?? RedisLayout.of(this.#link);
     this.#maxPerUser = String(options.maxPerUser ?? 10000);
     this.#retentionMs = (options.retentionDays ?? 30) * 86_400_000;
+    this.#claimSeconds = Math.ceil(this.#retentionMs / 1000) + 86_400;
     this.#logger = options.logger;
     this.#sweepBatch = options.sweepBatch ?? 500;
     this.#maxPendingBytes = options.maxPendingBytesPerSender === undefined
@@ -433,21 +501,53 @@ export class RedisStore implements MessageStore {
   }
 
   /**
-   * Stores the message in the group of each recipient (one script per
-   * group). With a delivery, each script routes it to the instances holding
-   * that group's recipients; the sender's other devices are looked up in
-   * the sender's group. A resend after a partial failure completes the
-   * groups that missed it (the others answer duplicate).
+   * Stores the message: on a single Redis in one script that also routes it.
+   * On a Redis Cluster the sender's group first claims (sender, id) (a
+   * duplicate stops there), then the message is stored in the group of each
+   * recipient (one script per group, in parallel), each routing to the
+   * instances holding its recipients; a resend after a partial failure
+   * completes the groups that missed it (the others answer duplicate).
    */
   async accept(message: NewMessage, delivery?: Delivery): Promise<AcceptResult> {
     const layout = this.#layout;
-    const groups = layout.split(message.recipients);
-    const echo = (this.#router && delivery?.echoTo) || "";
-    const echoGroup = echo === "" ? -1 : layout.group(echo);
-    const slot = this.#router && !layout.inline && delivery
-      ? this.#router.outbox.reserve()
-      : undefined;
-    const common = [
+    if (layout.groups === 1 && layout.inline) {
+      const reply = await this.#replicated(
+        0,
+        this.#run("ACCEPT", 0, [
+          layout.presence(0),
+          ...this.#acceptArgs(message),
+          ...this.#routeArgs(delivery, delivery?.echoTo ?? ""),
+          "",
+          ...message.recipients,
+        ]),
+      ) as AcceptReply;
+      if (reply[0] === 1) return { duplicate: true };
+      if (reply[0] === 2) return { duplicate: false, overQuota: true };
+      this.#logDrops(reply[2]);
+      return { duplicate: false };
+    }
+    const slot = this.#router && delivery ? this.#router.outbox.reserve() : undefined;
+    const appends: Append[] = [];
+    try {
+      return await this.#acceptInGroups(message, slot ? delivery : undefined, appends);
+    } finally {
+      await slot?.fill(appends);
+    }
+  }
+
+  /**
+   * A strictly increasing stamp (µs since the epoch, this process's clock):
+   * orders messages of one millisecond in a history merged from two groups.
+   */
+  #stamp(): string {
+    const now = Math.round((performance.timeOrigin + performance.now()) * 1000);
+    this.#lastStamp = Math.max(this.#lastStamp + 1, now);
+    return String(this.#lastStamp);
+  }
+
+  /** The message's part of ACCEPT's arguments. */
+  #acceptArgs(message: NewMessage): string[] {
+    return [
       message.sender,
       message.id,
       String(message.type),
@@ -457,61 +557,127 @@ export class RedisStore implements MessageStore {
       this.#maxPerUser,
       this.#maxPendingBytes,
     ];
-    const calls = [...groups].map(([k, users]) =>
+  }
+
+  /** {@link accept} on several groups; what is to be routed goes to `appends`. */
+  async #acceptInGroups(
+    message: NewMessage,
+    delivery: Delivery | undefined,
+    appends: Append[],
+  ): Promise<AcceptResult> {
+    const layout = this.#layout;
+    const own = layout.group(message.sender);
+    const groups = layout.split(message.recipients);
+    const echo = delivery?.echoTo ?? "";
+    // Claimed alongside the copies, so that every call is sent now, in call order.
+    const claiming = this.#replicated(
+      own,
+      this.#run("CLAIM", own, [
+        layout.presence(own),
+        message.sender,
+        message.id,
+        String(this.#claimSeconds),
+        delivery?.origin?.instance ?? "",
+        // The sender's other devices, unless the sender's group stores a copy (it routes them).
+        groups.has(own) ? "" : echo,
+      ]),
+    ) as Promise<[1] | [0, string[]]>;
+    const entries = [...groups];
+    const stamp = this.#stamp();
+    const storing = Promise.allSettled(entries.map(([k, users]) =>
       this.#replicated(
         k,
         this.#run("ACCEPT", k, [
           layout.presence(k),
-          ...common,
-          ...this.#routeArgs(delivery, k === echoGroup ? echo : ""),
+          ...this.#acceptArgs(message),
+          ...this.#routeArgs(delivery, k === own ? echo : ""),
+          stamp,
           ...users,
         ]),
       ) as Promise<AcceptReply>
-    );
-    // The sender's other devices, when no recipient shares the sender's group.
-    const echoCall = slot && echoGroup >= 0 && !groups.has(echoGroup)
-      ? this.#router!.lookup(echoGroup, [], echo, delivery!, "")
-      : undefined;
-    const [replies, echoed] = await Promise.all([
-      Promise.allSettled(calls),
-      echoCall?.then((instances) => instances, () => [] as string[]),
+    ));
+    const [claim, replies] = await Promise.all([
+      claiming.catch((error) => error instanceof Error ? error : new Error(String(error))),
+      storing,
     ]);
+    if (claim instanceof Error || claim[0] === 1) {
+      // Known already (or unknown whether): take back the copies this call stored.
+      await Promise.all(replies.map((reply, i) => {
+        if (reply.status !== "fulfilled" || reply.value[0] !== 0) return;
+        const [k, users] = entries[i];
+        return this.#run("REVOKE", k, [message.sender, message.id, ...users]);
+      }));
+      if (claim instanceof Error) throw claim;
+      return { duplicate: true };
+    }
     let duplicates = 0;
     let overQuota = false;
     let failed: unknown;
-    const appends: Append[] = [];
-    const keys = [...groups];
-    replies.forEach((reply, i) => {
+    const instances = new Set<string>();
+    const gone: string[][] = [];
+    let seq: string | undefined;
+    for (const reply of replies) {
       if (reply.status === "rejected") {
         failed ??= reply.reason;
-        return;
+        continue;
       }
       const value = reply.value;
       if (value[0] === 1) duplicates++;
       else if (value[0] === 2) overQuota = true;
       else {
-        const [, seq, drops, instances] = value as [0, string, string[], string[]];
+        const [, stored, drops, found, dropped] = value;
         this.#logDrops(drops);
-        if (slot && instances.length > 0) {
-          const [k, users] = keys[i];
-          appends.push({
-            instances,
-            text: partEntry(delivery!, users, k === echoGroup ? echo : ""),
-            seq,
-          });
-        }
+        for (const instance of found) instances.add(instance);
+        gone.push(dropped);
+        seq = stored;
       }
-    });
-    const accepted = failed === undefined && !overQuota && duplicates < groups.size;
-    if (slot) {
-      if (accepted && echoed && echoed.length > 0) {
-        appends.push({ instances: echoed, text: partEntry(delivery!, [], echo) });
-      }
-      await slot.fill(appends);
     }
+    const complete = failed === undefined && !overQuota;
+    const settled = this.#settle(
+      complete ? [message.sender, message.id, String(groups.size)] : [],
+      gone.flat(),
+    );
+    if (delivery && instances.size + claim[1].length > 0) {
+      if (complete && duplicates < groups.size) {
+        for (const instance of claim[1]) instances.add(instance);
+      }
+      // A seq names one group's copy: only a delivery to users of one group may carry it.
+      appends.push({
+        instances: [...instances],
+        text: deliveryEntry(delivery),
+        seq: groups.size === 1 ? seq : undefined,
+      });
+    }
+    await settled;
     if (failed !== undefined) throw failed;
     if (overQuota) return { duplicate: false, overQuota: true };
     return { duplicate: duplicates === groups.size };
+  }
+
+  /**
+   * Records that a claimed message is stored in all its groups (`done`:
+   * sender, id, groups) and that the copies `gone` (sender, id pairs) were
+   * removed; each in the sender's group. Failures are logged: a claim left
+   * 'p' only makes a resend store again where copies are missing, and a
+   * claim expires with the retention period.
+   */
+  async #settle(done: string[], gone: string[]): Promise<void> {
+    const byGroup = new Map<number, string[]>();
+    const add = (sender: string, id: string, change: string) => {
+      const k = this.#layout.group(sender);
+      const list = byGroup.get(k);
+      if (list) list.push(sender, id, change);
+      else byGroup.set(k, [sender, id, change]);
+    };
+    if (done.length > 0) add(done[0], done[1], done[2]);
+    for (let i = 0; i < gone.length; i += 2) add(gone[i], gone[i + 1], "-1");
+    await Promise.all(
+      [...byGroup].map(([k, args]) =>
+        this.#run("SETTLE", k, args).catch((error) =>
+          this.#logger?.debug("Could not settle a message's claim", { error })
+        )
+      ),
+    );
   }
 
   #logDrops(drops: string[]): void {
@@ -613,56 +779,48 @@ export class RedisStore implements MessageStore {
 
   /**
    * Records the receipt in the user's group and routes the receipt frame
-   * there (the user's other devices, and the sender when they share the
-   * group); the sender of another group is looked up in theirs.
+   * from there (the user's other devices, and the sender when they share
+   * the group); on a Redis Cluster a sender of another group is looked up in
+   * theirs, and the frame goes once to each instance found.
    */
   async acknowledge(userId: string, key: MessageKey, delivery?: Delivery): Promise<boolean> {
     const layout = this.#layout;
     const k = layout.group(userId);
     const route = this.#router && delivery ? delivery : undefined;
     const here = route ? route.users.filter((user) => layout.group(user) === k) : [];
-    const elsewhere = route && !layout.inline
-      ? layout.split(route.users.filter((user) => layout.group(user) !== k))
-      : new Map<number, string[]>();
     const slot = route && !layout.inline ? this.#router!.outbox.reserve() : undefined;
-    const echo = route?.echoTo ?? "";
-    const written = this.#replicated(
-      k,
-      this.#run("ACKNOWLEDGE", k, [
-        layout.presence(k),
-        userId,
-        key.sender,
-        key.id,
-        ...this.#routeArgs(route, echo),
-        ...here,
-      ]),
-    ) as Promise<[0] | [1, string[]]>;
-    const lookups = [...elsewhere].map(([g, users]) =>
-      this.#router!.lookup(g, users, "", route!, "").then(
-        (instances) => ({ instances, text: partEntry(route!, users, "") }),
-        () => undefined,
-      )
-    );
-    let reply: [0] | [1, string[]];
+    const lookups = slot
+      ? [...layout.split(route!.users.filter((user) => layout.group(user) !== k))].map((
+        [g, users],
+      ) => this.#router!.lookup(g, users, "", route!, "").catch(() => [] as string[]))
+      : [];
+    const appends: Append[] = [];
     try {
-      reply = await written;
-    } catch (error) {
-      await slot?.fill([]);
-      throw error;
-    }
-    if (slot) {
-      const appends: Append[] = [];
-      if (reply[0] === 1) {
-        if (reply[1].length > 0) {
-          appends.push({ instances: reply[1], text: partEntry(route!, here, echo) });
-        }
+      const reply = await this.#replicated(
+        k,
+        this.#run("ACKNOWLEDGE", k, [
+          layout.presence(k),
+          userId,
+          key.sender,
+          key.id,
+          ...this.#routeArgs(route, route?.echoTo ?? ""),
+          ...here,
+        ]),
+      ) as [0] | [1, string[]];
+      if (reply[0] !== 1) return false;
+      if (slot) {
+        const instances = new Set(reply[1]);
         for (const found of await Promise.all(lookups)) {
-          if (found && found.instances.length > 0) appends.push(found);
+          for (const instance of found) instances.add(instance);
+        }
+        if (instances.size > 0) {
+          appends.push({ instances: [...instances], text: deliveryEntry(route!) });
         }
       }
-      await slot.fill(appends);
+      return true;
+    } finally {
+      await slot?.fill(appends);
     }
-    return reply[0] === 1;
   }
 
   /**
@@ -698,7 +856,7 @@ export class RedisStore implements MessageStore {
       const a = sides[0][taken[0]];
       const b = sides[1][taken[1]];
       if (!a && !b) break;
-      const side = !b || (a && Number(a[5]) >= Number(b[5])) ? 0 : 1;
+      const side = !b || (a && newer(a, b)) ? 0 : 1;
       page.push(sides[side][taken[side]++]);
     }
     const position = (side: number) =>
@@ -736,10 +894,11 @@ export class RedisStore implements MessageStore {
     let unacknowledged = 0;
     for (let k = 0; k < this.#layout.groups; k++) {
       while (true) {
-        const [count, unacked, looked] = await this.#run("SWEEP", k, [
+        const [count, unacked, looked, gone] = await this.#run("SWEEP", k, [
           cutoff,
           String(this.#sweepBatch),
-        ]) as [number, number, number];
+        ]) as [number, number, number, string[]];
+        if (this.#layout.groups > 1) await this.#settle([], gone);
         dropped += count;
         unacknowledged += unacked;
         // Fewer than a batch looked at: the rest of the group is within the retention period.
@@ -760,6 +919,12 @@ export class RedisStore implements MessageStore {
   close(): Promise<void> {
     return this.#link.close();
   }
+}
+
+/** Whether HISTORY row `a` was accepted after `b` (by acceptedAt, then order stamp). */
+function newer(a: string[], b: string[]): boolean {
+  const at = Number(a[5]) - Number(b[5]);
+  return at !== 0 ? at > 0 : Number(a[8]) > Number(b[8]);
 }
 
 /** A HISTORY row as a history message. */
