@@ -282,7 +282,7 @@ if (!Deno.args.includes("--no-registers")) {
         except: { instance: "ib", conn: i + j },
       });
       await presence.add(entry);
-      await storeB.unacknowledged(entry.userId);
+      await storeB.unacknowledged(entry.userId, { limit: 64 });
     }));
   }
   const registered = await cpu();

@@ -268,10 +268,10 @@ Deno.test({
       await a.subscribe(handler("ia"));
       await b.subscribe(handler("ib"));
       await c.subscribe(handler("ic"));
-      // A kick reaches every live instance's stream.
+      // A kick reaches every live instance's stream (after the entry that opened it).
       await a.kick({ userId: "u1", code: 4001, reason: "replaced" });
       for (const id of ["ia", "ib", "ic"]) {
-        assertEquals(await entriesAdded(admin, deliveryStream(id)), 1, `kick in ${id}'s stream`);
+        assertEquals(await entriesAdded(admin, deliveryStream(id)), 2, `kick in ${id}'s stream`);
       }
       // B and C leave cleanly: their streams go at once.
       await b.close();

@@ -96,6 +96,13 @@ const keys = (list: { sender: string; id: string }[]) => list.map((m) => `${m.se
 export function storeConformance(
   name: string,
   open: (options: StoreTestOptions) => Promise<OpenedStore>,
+  scope: {
+    /**
+     * `count` recipients whose copies count against one quota of a sender
+     * (on a Redis Cluster the quota is per user group). @default x0, x1, …
+     */
+    quotaRecipients?: (count: number) => string[];
+  } = {},
 ): void {
   Deno.test(`${name} keeps every MessageStore guarantee`, async (t) => {
     /** Runs `fn` as a step against a fresh store. */
@@ -237,28 +244,30 @@ export function storeConformance(
       "accept() refuses a sender's message past maxPendingBytesPerSender until copies are delivered",
       async (store) => {
         // Every text is 100 characters: 4 pending copies fit, not 5.
+        const [x0, x1, x2, x3, x4, x5, x6] = scope.quotaRecipients?.(7) ??
+          Array.from({ length: 7 }, (_, i) => `x${i}`);
         const frame = (id: string, to: string[]) => ({
           ...message("mallory", id, to),
           text: "x".repeat(100),
         });
-        assert.deepEqual(await store.accept(frame("m0", ["x0", "x1"])), { duplicate: false });
-        assert.deepEqual(await store.accept(frame("m1", ["x2", "x3"])), { duplicate: false });
-        const refused = await store.accept(frame("m2", ["x4"]));
+        assert.deepEqual(await store.accept(frame("m0", [x0, x1])), { duplicate: false });
+        assert.deepEqual(await store.accept(frame("m1", [x2, x3])), { duplicate: false });
+        const refused = await store.accept(frame("m2", [x4]));
         assert.deepEqual(refused, { duplicate: false, overQuota: true });
-        assert.deepEqual(await allUnacknowledged(store, "x4"), [], "nothing was stored");
+        assert.deepEqual(await allUnacknowledged(store, x4), [], "nothing was stored");
         assert.equal(await store.pendingCount(), 4);
         // Other senders and SYSTEM are not held to mallory's quota.
-        assert.deepEqual(await store.accept(message("alice", "a0", ["x4"])), { duplicate: false });
-        const system = message("SYSTEM", "s0", ["x0", "x1", "x2", "x3", "x4", "x5"]);
+        assert.deepEqual(await store.accept(message("alice", "a0", [x4])), { duplicate: false });
+        const system = message("SYSTEM", "s0", [x0, x1, x2, x3, x4, x5]);
         assert.deepEqual(await store.accept(system), { duplicate: false });
         // A delivered, acknowledged or dropped copy stops counting.
-        await store.markDelivered("x0", [{ sender: "mallory", id: "m0" }]);
+        await store.markDelivered(x0, [{ sender: "mallory", id: "m0" }]);
         await store.pendingCount(); // a store may write marks late; a read writes them
-        assert.deepEqual(await store.accept(frame("m2", ["x4"])), { duplicate: false });
-        assert.equal((await store.accept(frame("m3", ["x5"]))).overQuota, true);
-        assert.equal(await store.acknowledge("x1", { sender: "mallory", id: "m0" }), true);
-        assert.deepEqual(await store.accept(frame("m3", ["x5"])), { duplicate: false });
-        assert.equal((await store.accept(frame("m4", ["x6"]))).overQuota, true);
+        assert.deepEqual(await store.accept(frame("m2", [x4])), { duplicate: false });
+        assert.equal((await store.accept(frame("m3", [x5]))).overQuota, true);
+        assert.equal(await store.acknowledge(x1, { sender: "mallory", id: "m0" }), true);
+        assert.deepEqual(await store.accept(frame("m3", [x5])), { duplicate: false });
+        assert.equal((await store.accept(frame("m4", [x6]))).overQuota, true);
       },
       { maxPendingBytesPerSender: 450 },
     );

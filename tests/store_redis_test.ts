@@ -4,24 +4,40 @@ import type { MessageStore, NewMessage } from "../src/core/store.ts";
 import { MemoryStore } from "../src/backends/store_memory.ts";
 import { RedisStore } from "../src/backends/store_redis.ts";
 import { connectRedis } from "../src/backends/redis.ts";
+import { RedisLayout } from "../src/backends/redis_layout.ts";
 import { createLogger, type Logger } from "../src/log.ts";
 import { allUnacknowledged, storeConformance } from "./store_conformance.ts";
 
 if (SKIP_REASON === undefined) {
-  storeConformance("RedisStore", async (options) => {
-    const redis = await RedisServer.start();
-    const client = await connectRedis(redis.url, { logger: options.logger, name: "test" });
-    const store = new RedisStore(client, options);
-    return {
-      store,
-      async cleanup() {
-        await store.close();
-        await redis.kill();
-      },
-    };
-  });
+  // The key layout of a Redis Cluster (users in hash-tagged groups, a message stored in the
+  // group of each recipient, history merged across groups) runs on a single Redis too.
+  for (
+    const [name, layout] of [["", undefined], [" (cluster layout)", RedisLayout.cluster()]] as const
+  ) {
+    storeConformance(`RedisStore${name}`, async (options) => {
+      const redis = await RedisServer.start();
+      const client = await connectRedis(redis.url, { logger: options.logger, name: "test" });
+      const store = new RedisStore(client, { ...options, layout });
+      return {
+        store,
+        async cleanup() {
+          await store.close();
+          await redis.kill();
+        },
+      };
+    }, { quotaRecipients: layout && ((count) => sameGroup(layout, count)) });
+  }
 } else {
   Deno.test({ name: "RedisStore keeps every MessageStore guarantee", ignore: true, fn() {} });
+}
+
+/** `count` userIds in one group of `layout` (a sender's quota is per group on a Redis Cluster). */
+function sameGroup(layout: RedisLayout, count: number): string[] {
+  const names: string[] = [];
+  for (let i = 0; names.length < count; i++) {
+    if (layout.group(`x${i}`) === layout.group("x0")) names.push(`x${i}`);
+  }
+  return names;
 }
 
 interface Opened {

@@ -9,7 +9,7 @@ import type { Logger } from "../log.ts";
 import type { Backends } from "./mod.ts";
 import { RedisBroker } from "./broker_redis.ts";
 import { RedisPresence } from "./presence_redis.ts";
-import { closeRedis, connectRedis, type RedisClient } from "./redis.ts";
+import { openRedis, type RedisLink } from "./redis.ts";
 import { RedisSessionStore } from "./sessions_redis.ts";
 import { RedisStore } from "./store_redis.ts";
 
@@ -27,11 +27,11 @@ export async function openRedisBackends(
 ): Promise<Backends & { presence: RedisPresence }> {
   const url = config.cluster.redisUrl!;
   const log = logger.child("redis");
-  const opened: RedisClient[] = [];
+  const opened: RedisLink[] = [];
   const open = async (name: string) => {
-    const client = await connectRedis(url, { logger: log, name });
-    opened.push(client);
-    return client;
+    const link = await openRedis(url, { logger: log, name });
+    opened.push(link);
+    return link;
   };
   try {
     const storeClient = await open("store");
@@ -58,17 +58,24 @@ export async function openRedisBackends(
       maxLength: STREAM_LENGTH,
     });
     const sessions = new RedisSessionStore(await open("sessions"), config.auth.sessionTtlSeconds);
-    log.info("Cluster backends on Redis", { url: redactUrl(url) });
+    log.info(
+      storeClient.cluster ? "Cluster backends on a Redis Cluster" : "Cluster backends on Redis",
+      {
+        url: redactUrl(url),
+      },
+    );
     return { store, broker, sessions, presence };
   } catch (error) {
-    await Promise.all(opened.map(closeRedis));
+    await Promise.all(opened.map((link) => link.close()));
     throw error;
   }
 }
 
 /** Warns when Redis could lose accepted messages at a crash or restart. */
-async function checkDurability(client: RedisClient, logger: Logger): Promise<void> {
+async function checkDurability(link: RedisLink, logger: Logger): Promise<void> {
   try {
+    // Every master has the same settings in a cluster set up by one configuration.
+    const [client] = await link.nodes();
     const config = await client.configGet("appendonly");
     const fsync = await client.configGet("appendfsync");
     if (config.appendonly !== "yes") {

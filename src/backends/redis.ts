@@ -7,7 +7,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import { createClient, ErrorReply } from "redis";
+import { createClient, createCluster, ErrorReply } from "redis";
 import { BackendUnavailableError } from "../core/errors.ts";
 import type { Logger } from "../log.ts";
 
@@ -108,7 +108,8 @@ export async function dropRedis(client: RedisClient): Promise<void> {
 }
 
 /** Replies that mean "Redis is there but cannot serve right now". */
-const TRANSIENT_REPLY = /^(LOADING|BUSY|MISCONF|READONLY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN)\b/;
+const TRANSIENT_REPLY =
+  /^(LOADING|BUSY|MISCONF|READONLY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|MOVED|ASK)\b/;
 
 /**
  * Whether `error` means Redis is unreachable or temporarily unable to serve
@@ -138,27 +139,239 @@ export async function guard<T>(what: string, call: () => Promise<T>): Promise<T>
   }
 }
 
+/** A connected node-redis cluster client. */
+type RedisClusterClient = ReturnType<typeof createCluster>;
+
+/**
+ * One logical connection to the Redis of a cluster (`cluster.redisUrl`):
+ * a single Redis, or a Redis Cluster (a connection to each master). Every
+ * command names a key, and goes to the node serving that key's slot, on one
+ * connection per node: calls for the same slot resolve in call order.
+ */
+export interface RedisLink {
+  /** Whether this is a Redis Cluster (keys live in slots on several masters). */
+  readonly cluster: boolean;
+  /** Whether commands can be sent now. */
+  readonly isReady: boolean;
+  /** Sends `args` to the node serving `key` (any key for a single Redis). */
+  send<T = unknown>(key: string, args: string[]): Promise<T>;
+  /**
+   * The client of every node (the one client of a single Redis): masters,
+   * and with `replicas` the replicas too. A single Redis answers at once.
+   */
+  nodes(replicas?: boolean): RedisClient[] | Promise<RedisClient[]>;
+  /** Calls `listener` each time a connection (to any node) becomes ready. */
+  onReady(listener: () => void): void;
+  /** A new link to the same Redis (a blocking read needs its own connection). */
+  duplicate(name: string): Promise<RedisLink>;
+  /** Waits for replies in flight, then closes. */
+  close(): Promise<void>;
+  /** Drops the connections at once (pending commands reject). */
+  drop(): Promise<void>;
+}
+
+/** A link over one single-Redis client. */
+class SingleLink implements RedisLink {
+  readonly cluster = false;
+  readonly client: RedisClient;
+  #url?: string;
+  #options?: RedisConnectOptions;
+
+  constructor(client: RedisClient, url?: string, options?: RedisConnectOptions) {
+    this.client = client;
+    this.#url = url;
+    this.#options = options;
+  }
+
+  get isReady(): boolean {
+    return this.client.isReady;
+  }
+
+  send<T>(_key: string, args: string[]): Promise<T> {
+    return this.client.sendCommand<T>(args);
+  }
+
+  nodes(): RedisClient[] {
+    return [this.client];
+  }
+
+  onReady(listener: () => void): void {
+    this.client.on("ready", listener);
+  }
+
+  async duplicate(name: string): Promise<RedisLink> {
+    if (this.#url === undefined) {
+      const client = this.client.duplicate({ name: `im-${name}` });
+      client.on("error", () => {});
+      await client.connect();
+      return new SingleLink(client as RedisClient);
+    }
+    return new SingleLink(
+      await connectRedis(this.#url, { ...this.#options!, name }),
+      this.#url,
+      this.#options,
+    );
+  }
+
+  close(): Promise<void> {
+    return closeRedis(this.client);
+  }
+
+  drop(): Promise<void> {
+    return dropRedis(this.client);
+  }
+}
+
+/** A link to a Redis Cluster: node-redis's cluster client follows MOVED and ASK itself. */
+class ClusterLink implements RedisLink {
+  readonly cluster = true;
+  #client: RedisClusterClient;
+  #url: string;
+  #options: RedisConnectOptions;
+
+  constructor(client: RedisClusterClient, url: string, options: RedisConnectOptions) {
+    this.#client = client;
+    this.#url = url;
+    this.#options = options;
+  }
+
+  get isReady(): boolean {
+    return this.#client.isOpen;
+  }
+
+  send<T>(key: string, args: string[]): Promise<T> {
+    return this.#client.sendCommand(key, false, args) as Promise<T>;
+  }
+
+  nodes(replicas = false): Promise<RedisClient[]> {
+    const cluster = this.#client;
+    const nodes = replicas ? [...cluster.masters, ...cluster.replicas] : cluster.masters;
+    return Promise.all(nodes.map((node) => cluster.nodeClient(node) as Promise<RedisClient>));
+  }
+
+  onReady(listener: () => void): void {
+    this.#client.on("node-ready", listener);
+  }
+
+  duplicate(name: string): Promise<RedisLink> {
+    return connectCluster(this.#url, { ...this.#options, name });
+  }
+
+  async close(): Promise<void> {
+    if (!this.#client.isOpen) return;
+    try {
+      await this.#client.close();
+    } catch {
+      this.#client.destroy();
+    }
+  }
+
+  drop(): Promise<void> {
+    if (this.#client.isOpen) this.#client.destroy();
+    return Promise.resolve();
+  }
+}
+
+/** Wraps a single-Redis client as a {@link RedisLink} (takes ownership of it). */
+export function linkOf(client: RedisClient | RedisLink): RedisLink {
+  return client instanceof SingleLink || client instanceof ClusterLink
+    ? client
+    : new SingleLink(client as RedisClient);
+}
+
+/**
+ * Opens a link to `url`: a Redis Cluster when that node says it runs in
+ * cluster mode (`INFO cluster`), a single Redis otherwise. The node of the URL
+ * is the seed: the cluster client finds the others from it.
+ */
+export async function openRedis(url: string, options: RedisConnectOptions): Promise<RedisLink> {
+  const client = await connectRedis(url, options);
+  let clustered = false;
+  try {
+    clustered = /cluster_enabled:1/.test(await client.sendCommand<string>(["INFO", "cluster"]));
+  } catch {
+    // INFO disabled or not answered: treat it as a single Redis.
+  }
+  if (!clustered) return new SingleLink(client, url, options);
+  await closeRedis(client);
+  return await connectCluster(url, options);
+}
+
+/** Opens a cluster client seeded with `url`, with the same failure behaviour as {@link connectRedis}. */
+async function connectCluster(url: string, options: RedisConnectOptions): Promise<RedisLink> {
+  const { logger, name } = options;
+  const maxDelay = options.maxRetryDelayMs ?? 1000;
+  const parsed = new URL(url);
+  const cluster = createCluster({
+    rootNodes: [{ url }],
+    defaults: {
+      name: `im-${name}`,
+      username: parsed.username ? decodeURIComponent(parsed.username) : undefined,
+      password: parsed.password ? decodeURIComponent(parsed.password) : undefined,
+      disableOfflineQueue: true,
+      socket: {
+        connectTimeout: 2000,
+        reconnectStrategy: (retries: number) => Math.min(50 * 2 ** retries, maxDelay),
+      },
+    },
+  });
+  let down = false;
+  const lost = (error: Error) => {
+    if (down) {
+      logger.debug("Redis Cluster node still unreachable", {
+        connection: name,
+        error: error.message,
+      });
+      return;
+    }
+    down = true;
+    logger.warn("Redis Cluster connection lost: retrying", {
+      connection: name,
+      error: error.message,
+    });
+  };
+  cluster.on("error", lost);
+  cluster.on("node-error", lost);
+  cluster.on("node-ready", () => {
+    if (!down) return;
+    down = false;
+    logger.info("Redis Cluster connection restored", { connection: name });
+  });
+  await cluster.connect();
+  return new ClusterLink(cluster, url, options);
+}
+
 /**
  * Lua scripts run with `EVALSHA`, so each call sends a few bytes instead of
  * the script (Redis reads about 16 KiB of a connection per event-loop turn,
  * and its AOF fsync covers one turn: small commands mean large group commits).
  *
- * The scripts are loaded on the connection at once and again whenever it
- * becomes ready (Redis forgets scripts at a restart). Both go ahead of any
- * later call on the same connection, so calls never meet a missing script in
- * practice; if one does (`SCRIPT FLUSH`), it fails as unavailable, with no
- * retry that could reorder calls, and the scripts are loaded again.
+ * Every script declares one key (`KEYS[1]`), which picks the node in a Redis
+ * Cluster; every key a script touches shares that key's hash tag, so it runs
+ * within one slot.
+ *
+ * The scripts are loaded on every master at once and again whenever a
+ * connection becomes ready (Redis forgets scripts at a restart, and a replica
+ * promoted by a failover never had them). Both go ahead of any later call on
+ * the same connection, so calls rarely meet a missing script; if one does, it
+ * fails as unavailable, with no retry that could reorder calls, and the
+ * scripts are loaded again.
  */
 export class RedisScripts<Name extends string> {
-  #client: RedisClient;
+  #link: RedisLink;
   #what: string;
   #sources: Record<Name, string>;
   #shas: Record<Name, string>;
   #logger: Logger;
 
-  /** Loads `sources` on `client`; `what` names the backend in errors ("Storage"). */
-  constructor(client: RedisClient, what: string, sources: Record<Name, string>, logger: Logger) {
-    this.#client = client;
+  /** Loads `sources` through `link`; `what` names the backend in errors ("Storage"). */
+  constructor(
+    link: RedisLink,
+    what: string,
+    sources: Record<Name, string>,
+    logger: Logger,
+  ) {
+    this.#link = link;
     this.#what = what;
     this.#sources = sources;
     this.#logger = logger;
@@ -167,24 +380,41 @@ export class RedisScripts<Name extends string> {
         [name, source],
       ) => [name, createHash("sha1").update(source).digest("hex")]),
     ) as Record<Name, string>;
-    client.on("ready", () => this.#load());
+    link.onReady(() => this.#load());
     this.#load();
   }
 
+  /**
+   * Loads the scripts on every node; on a single Redis synchronously, ahead
+   * of any call made after this. Replicas get them too: a replica promoted
+   * by a failover then has them.
+   */
   #load(): void {
-    for (const source of Object.values<string>(this.#sources)) {
-      this.#client.scriptLoad(source).catch((error) =>
-        this.#logger.debug("Could not load a Lua script", { error })
+    const loadOn = (nodes: RedisClient[]) => {
+      for (const node of nodes) {
+        for (const source of Object.values<string>(this.#sources)) {
+          node.scriptLoad(source).catch((error) =>
+            this.#logger.debug("Could not load a Lua script", { error })
+          );
+        }
+      }
+    };
+    const nodes = this.#link.nodes(true);
+    if (Array.isArray(nodes)) loadOn(nodes);
+    else {
+      nodes.then(
+        loadOn,
+        (error) => this.#logger.debug("Could not load the Lua scripts", { error }),
       );
     }
   }
 
-  /** Runs a script with `args` (no keys: the scripts build their key names). */
-  async run(name: Name, args: string[]): Promise<unknown> {
+  /** Runs a script on the node of `key` (its `KEYS[1]`) with `args`. */
+  async run(name: Name, key: string, args: string[]): Promise<unknown> {
     try {
       return await guard(
         this.#what,
-        () => this.#client.sendCommand(["EVALSHA", this.#shas[name], "0", ...args]),
+        () => this.#link.send(key, ["EVALSHA", this.#shas[name], "1", key, ...args]),
       );
     } catch (error) {
       if (!(error instanceof ErrorReply && error.message.startsWith("NOSCRIPT"))) throw error;

@@ -6,7 +6,7 @@
  */
 import { randomId } from "../auth/base64.ts";
 import type { LoginSession, SessionStore } from "../core/sessions.ts";
-import { closeRedis, guard, KEY_PREFIX, type RedisClient } from "./redis.ts";
+import { guard, KEY_PREFIX, linkOf, type RedisClient, type RedisLink } from "./redis.ts";
 
 const PREFIX = `${KEY_PREFIX}session:`;
 
@@ -21,40 +21,43 @@ return v`;
  * same id cannot both win.
  */
 export class RedisSessionStore implements SessionStore {
-  #client: RedisClient;
+  #link: RedisLink;
   #ttlSeconds: number;
 
   /** Takes ownership of `client` (closed by {@link close}). */
-  constructor(client: RedisClient, ttlSeconds: number) {
-    this.#client = client;
+  constructor(client: RedisClient | RedisLink, ttlSeconds: number) {
+    this.#link = linkOf(client);
     this.#ttlSeconds = ttlSeconds;
   }
 
   async issue(session: LoginSession): Promise<string> {
     const id = randomId(32);
     const value = JSON.stringify([session.userId, session.clientName]);
-    await guard("Session store", () =>
-      this.#client.set(PREFIX + id, value, {
-        expiration: { type: "EX", value: this.#ttlSeconds },
-      }));
+    const key = PREFIX + id;
+    await guard(
+      "Session store",
+      () => this.#link.send(key, ["SET", key, value, "EX", String(this.#ttlSeconds)]),
+    );
     return id;
   }
 
   async peek(sessionId: string): Promise<LoginSession | undefined> {
-    return parse(await guard("Session store", () => this.#client.get(PREFIX + sessionId)));
+    const key = PREFIX + sessionId;
+    return parse(await guard("Session store", () => this.#link.send(key, ["GET", key])));
   }
 
   async redeem(sessionId: string, userId: string): Promise<LoginSession | undefined> {
+    const key = PREFIX + sessionId;
     const value = await guard(
       "Session store",
-      () => this.#client.eval(REDEEM, { keys: [PREFIX + sessionId], arguments: [userId] }),
+      () => this.#link.send(key, ["EVAL", REDEEM, "1", key, userId]),
     );
     const session = parse(value);
     return session?.userId === userId ? session : undefined;
   }
 
   close(): Promise<void> {
-    return closeRedis(this.#client);
+    return this.#link.close();
   }
 }
 

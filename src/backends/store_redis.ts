@@ -1,29 +1,36 @@
 /**
  * Redis {@link MessageStore}: messages and delivery states shared by every
- * instance. Each operation is one Lua script (`EVAL`), so it is atomic, and
- * every call goes through one connection, so calls resolve in the order they
- * were made.
+ * instance. Each operation is one Lua script per user group
+ * (`redis_layout.ts`: one group on a single Redis, `CLUSTER_GROUPS`
+ * hash-tagged groups on a Redis Cluster), so it is atomic within its group,
+ * and calls for one group go over one connection, so they resolve in the
+ * order they were made.
  *
- * Keys (prefix `im:store:`):
- * - `seq`: the global sequence (INCR); a message's seq orders inboxes and history;
+ * A message is stored in the group of each of its recipients: a copy per
+ * group, holding the states of that group's recipients (on a single Redis,
+ * one copy). Keys of a group (prefix `im:store:`, or `im:{<tag>}:store:`):
+ * - `seq`: the group's sequence (INCR); orders inboxes, history and retention;
  * - `k:{sender}\0{id}`: the seq of a message (dedupe by sender and id);
  * - `m:{seq}`: hash of the message: `sender`, `id`, `type`, `text`, `at`,
- *   `rcpt` (JSON), `n` (recipients still holding it), `s:{user}` (state
- *   `p`ending, `d`elivered, `a`cknowledged);
+ *   `rcpt` (JSON, every recipient), `n` (recipients of the group still
+ *   holding it), `s:{user}` (state `p`ending, `d`elivered, `a`cknowledged);
  * - `held:{user}`: list of the seqs a recipient holds, oldest first (the
  *   per-user cap; messages leave it oldest first, by the cap or retention);
  * - `un:{user}`: sorted set of the seqs a recipient has not acknowledged;
- * - `c:{a}\0{b}`: sorted set of the seqs between two users (history);
- * - `order`: list of every seq in acceptance order (retention; the sweep
- *   pops it from the head and skips messages the cap already dropped);
+ * - `h:{a}\0{b}`: list of the seqs between two users whose recipient is in
+ *   this group, ascending (history merges the two directions' groups; a
+ *   list, not a sorted set: an append costs a third of a ZADD);
+ * - `swept`: the seq up to which retention has looked (it walks seqs upward
+ *   and stops at the first message within the retention period);
  * - `pending`: the number of unacknowledged (recipient, message) pairs;
- * - `sb`: hash of sender → bytes of text of its pending copies (not `SYSTEM`),
- *   for `maxPendingBytesPerSender`.
+ * - `sb`: hash of sender → bytes of text of its pending copies in this group
+ *   (not `SYSTEM`), for `maxPendingBytesPerSender` (so on a Redis Cluster a
+ *   sender may hold up to that much in each group: see docs/CLUSTER.md).
  *
  * Durability is Redis's: with `appendonly yes` a reply is written to the AOF
  * before it is sent, so a killed Redis process loses nothing that was
- * answered; `appendfsync everysec` bounds a machine crash to one second (see
- * docs/CLUSTER.md).
+ * answered; `appendfsync everysec` bounds a machine crash to one second, and
+ * `cluster.redisWait` a failover (see docs/CLUSTER.md).
  *
  * @module
  */
@@ -40,12 +47,14 @@ import type {
 } from "../core/store.ts";
 import type { Delivery } from "../core/broker.ts";
 import type { Logger } from "../log.ts";
-import { deliveryEntry, ROUTE_LUA, type SequencedKey } from "./broker_redis.ts";
 import { BackendUnavailableError } from "../core/errors.ts";
-import { closeRedis, guard, KEY_PREFIX, type RedisClient, RedisScripts } from "./redis.ts";
+import { guard, linkOf, type RedisClient, type RedisLink, RedisScripts } from "./redis.ts";
+import { RedisLayout } from "./redis_layout.ts";
+import { type Append, deliveryEntry, ROUTE_LUA, Router } from "./route_redis.ts";
 import { createLogger } from "../log.ts";
 
-const P = `${KEY_PREFIX}store:`;
+/** A stored message's key as read from a stream entry the store routed: with its sequence. */
+export type SequencedKey = MessageKey & { seq?: string };
 
 /** Lua: a pending copy of message `m` from `sender` is no longer pending (the sender's quota). */
 const RELEASE_LUA = `
@@ -58,14 +67,15 @@ end
 
 /** Lua prelude: key names and the removal of one recipient's hold on a message. */
 const PRELUDE = `
-local P = ${JSON.stringify(P)}
+local P = KEYS[1]
 ${RELEASE_LUA}
 local function pair(a, b)
   if a < b then return a .. '\\0' .. b end
   return b .. '\\0' .. a
 end
 -- Drops a recipient's hold on a message (popped: the caller took it off the head of the
--- recipient's held list already). Returns the state it had, the sender and the id.
+-- recipient's held list already). Returns the state it had, the sender, the id, and whether
+-- that was the group's last recipient of it (the group's copy is gone).
 local function forget(user, seq, popped)
   local m = P .. 'm:' .. seq
   local v = redis.call('HMGET', m, 's:' .. user, 'sender', 'id', 'n')
@@ -78,95 +88,109 @@ local function forget(user, seq, popped)
   end
   -- The oldest first, by the cap or retention: found at the head of the list.
   if not popped then redis.call('LREM', P .. 'held:' .. user, 1, seq) end
-  redis.call('ZREM', P .. 'c:' .. pair(v[2], user), seq)
+  -- The oldest first, mostly: found near the head of the pair's list.
+  redis.call('LREM', P .. 'h:' .. pair(v[2], user), 1, seq)
   if tonumber(v[4]) <= 1 then
     redis.call('DEL', m, P .. 'k:' .. v[2] .. '\\0' .. v[3])
-  else
-    redis.call('HDEL', m, 's:' .. user)
-    redis.call('HINCRBY', m, 'n', -1)
+    return state, v[2], v[3], true
   end
-  return state, v[2], v[3]
+  redis.call('HDEL', m, 's:' .. user)
+  redis.call('HINCRBY', m, 'n', -1)
+  return state, v[2], v[3], false
 end
 `;
 
 /**
- * ARGV: sender, id, type, text, acceptedAt, recipients JSON, maxPerUser,
- * entry text ('' to not publish), stream max length, origin instance, echo
- * user, maxPendingBytesPerSender ('' for none), recipients…. Returns {1} for
- * a duplicate, {2} past the sender's quota (nothing stored), else {0, then
- * user, sender, id of each unacknowledged drop}. When the entry text is not '', routes it
- * to the instances holding the recipients in the same step (ROUTE_LUA).
+ * KEYS[1]: the group's store prefix. ARGV: presence prefix, sender, id, type,
+ * text, acceptedAt, recipients JSON (all of them), maxPerUser,
+ * maxPendingBytesPerSender ('' for none), route mode ('' none, 'i' append
+ * inline, 'r' return the instances), entry text (inline), stream max length,
+ * origin instance, echo user ('' for none), order stamp ('' for none: on a
+ * Redis Cluster, history orders the copies of two groups by acceptedAt, then
+ * by it), then the recipients of this group. Returns {status, seq, drops, instances, gone}: status 1 for a
+ * duplicate, 2 past the sender's quota (nothing stored), else 0; drops lists
+ * user, sender, id of each unacknowledged message the per-user cap dropped;
+ * instances are those holding the recipients (or the echo user), see
+ * ROUTE_LUA; gone lists sender, id of each message whose copy in this group
+ * the cap removed.
  */
 const ACCEPT = PRELUDE + ROUTE_LUA + `
-local sender, id = ARGV[1], ARGV[2]
+local sender, id, text = ARGV[2], ARGV[3], ARGV[5]
+local FIRST = 16
+local count = #ARGV - FIRST + 1
 -- As a string once: Lua formats numbers with sprintf at every use.
 local seq = tostring(redis.call('INCR', P .. 'seq'))
 local key = P .. 'k:' .. sender .. '\\0' .. id
 if not redis.call('SET', key, seq, 'NX') then return {1} end
-local FIRST = 13
 if sender ~= 'SYSTEM' then
-  local bytes = string.len(ARGV[4]) * (#ARGV - FIRST + 1)
-  if ARGV[12] ~= '' and tonumber(redis.call('HGET', P .. 'sb', sender) or '0') + bytes >
-      tonumber(ARGV[12]) then
+  local bytes = string.len(text) * count
+  local total = redis.call('HINCRBY', P .. 'sb', sender, bytes)
+  if ARGV[9] ~= '' and total > tonumber(ARGV[9]) then
+    if total == bytes then redis.call('HDEL', P .. 'sb', sender)
+    else redis.call('HINCRBY', P .. 'sb', sender, -bytes) end
     redis.call('DEL', key)
     return {2}
   end
-  redis.call('HINCRBY', P .. 'sb', sender, bytes)
 end
 local m = P .. 'm:' .. seq
-local fields = {'sender', sender, 'id', id, 'type', ARGV[3], 'text', ARGV[4], 'at', ARGV[5],
-  'rcpt', ARGV[6], 'n', #ARGV - FIRST + 1}
+local fields = {'sender', sender, 'id', id, 'type', ARGV[4], 'text', text, 'at', ARGV[6],
+  'rcpt', ARGV[7], 'n', count}
+if ARGV[15] ~= '' then fields[#fields + 1] = 'u'; fields[#fields + 1] = ARGV[15] end
 -- One HSET for the common case; very long recipient lists go on in further calls.
 local last = math.min(#ARGV, FIRST + 199)
 for i = FIRST, last do
-  table.insert(fields, 's:' .. ARGV[i]); table.insert(fields, 'p')
+  fields[#fields + 1] = 's:' .. ARGV[i]; fields[#fields + 1] = 'p'
 end
 redis.call('HSET', m, unpack(fields))
 for i = last + 1, #ARGV do redis.call('HSET', m, 's:' .. ARGV[i], 'p') end
-redis.call('RPUSH', P .. 'order', seq)
-redis.call('INCRBY', P .. 'pending', #ARGV - FIRST + 1)
-local max = tonumber(ARGV[7])
-local out = {0}
+redis.call('INCRBY', P .. 'pending', count)
+local max = tonumber(ARGV[8])
+local drops, gone = {}, {}
 for i = FIRST, #ARGV do
   local user = ARGV[i]
   local held = P .. 'held:' .. user
   redis.call('ZADD', P .. 'un:' .. user, seq, seq)
-  redis.call('ZADD', P .. 'c:' .. pair(sender, user), seq, seq)
-  local count = redis.call('RPUSH', held, seq)
-  while count > max do
-    count = count - 1
-    local state, from, key = forget(user, redis.call('LPOP', held), true)
+  redis.call('RPUSH', P .. 'h:' .. pair(sender, user), seq)
+  local n = redis.call('RPUSH', held, seq)
+  while n > max do
+    n = n - 1
+    local state, from, dropped, last = forget(user, redis.call('LPOP', held), true)
     if state and state ~= 'a' then
-      table.insert(out, user); table.insert(out, from); table.insert(out, key)
+      drops[#drops + 1] = user; drops[#drops + 1] = from; drops[#drops + 1] = dropped
     end
+    if last then gone[#gone + 1] = from; gone[#gone + 1] = dropped end
   end
 end
-if ARGV[8] ~= '' then route(ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV, FIRST, seq) end
-return out
+local instances = {}
+if ARGV[10] ~= '' then
+  instances = route(ARGV[1], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV, FIRST, seq)
+end
+return {0, seq, drops, instances, gone}
 `;
 
 /**
- * ARGV: user, after (seq), limit. Returns {seq, sender, id, type, text, at} of
- * up to limit + 1 unacknowledged messages after the seq, oldest first.
+ * KEYS[1]: store prefix. ARGV: user, after (seq), limit. Returns {seq,
+ * sender, id, type, text, at} of up to limit + 1 unacknowledged messages
+ * after the seq, oldest first.
  */
 const UNACKNOWLEDGED = `
-local P = ${JSON.stringify(P)}
+local P = KEYS[1]
 local out = {}
 local seqs = redis.call('ZRANGE', P .. 'un:' .. ARGV[1], '(' .. ARGV[2], '+inf', 'BYSCORE',
   'LIMIT', 0, tonumber(ARGV[3]) + 1)
 for _, seq in ipairs(seqs) do
   local v = redis.call('HMGET', P .. 'm:' .. seq, 'sender', 'id', 'type', 'text', 'at')
-  table.insert(out, {seq, v[1], v[2], v[3], v[4], v[5]})
+  out[#out + 1] = {seq, v[1], v[2], v[3], v[4], v[5]}
 end
 return out
 `;
 
 /**
- * ARGV: user, sender, id, seq ('' when unknown) of each (recipient, message)
- * to mark delivered.
+ * KEYS[1]: store prefix. ARGV: user, sender, id, seq ('' when unknown) of
+ * each (recipient, message) to mark delivered.
  */
 const MARK_DELIVERED = `
-local P = ${JSON.stringify(P)}
+local P = KEYS[1]
 ${RELEASE_LUA}
 for i = 1, #ARGV, 4 do
   local seq = ARGV[i + 3]
@@ -183,82 +207,162 @@ return 1
 `;
 
 /**
- * ARGV: user, sender, id, entry text ('' to not publish), stream max length,
- * origin instance, echo user, users to route to…. Returns 1 when the message
- * to the user is known (and then routes the entry, see ACCEPT).
+ * KEYS[1]: the user's store prefix. ARGV: presence prefix, user, sender, id,
+ * route mode, entry text, stream max length, origin instance, echo user,
+ * users to route to (of this group)…. Returns {known, instances}: known is 1
+ * when the message to the user is known (and only then is it routed, see
+ * ACCEPT).
  */
 const ACKNOWLEDGE = ROUTE_LUA + `
-local P = ${JSON.stringify(P)}
+local P = KEYS[1]
 ${RELEASE_LUA}
-local user = ARGV[1]
-local seq = redis.call('GET', P .. 'k:' .. ARGV[2] .. '\\0' .. ARGV[3])
-if not seq then return 0 end
+local user = ARGV[2]
+local seq = redis.call('GET', P .. 'k:' .. ARGV[3] .. '\\0' .. ARGV[4])
+if not seq then return {0} end
 local m = P .. 'm:' .. seq
 local state = redis.call('HGET', m, 's:' .. user)
-if not state then return 0 end
-if state == 'p' then release(m, ARGV[2]) end
+if not state then return {0} end
+if state == 'p' then release(m, ARGV[3]) end
 if state ~= 'a' then
   redis.call('HSET', m, 's:' .. user, 'a')
   redis.call('ZREM', P .. 'un:' .. user, seq)
   redis.call('DECR', P .. 'pending')
 end
-if ARGV[4] ~= '' then route(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV, 8, nil) end
-return 1
+local instances = {}
+if ARGV[5] ~= '' then
+  instances = route(ARGV[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV, 10, nil)
+end
+return {1, instances}
 `;
 
 /**
- * ARGV: user, peer, before (seq, or ''), limit. Returns {seq, sender, id, type,
- * text, at, rcpt, state} per message, newest first, up to limit + 1 of them.
+ * KEYS[1]: store prefix. ARGV: user, peer, before (seq, or ''), limit.
+ * Returns {seq, sender, id, type, text, at, rcpt, state, order stamp} per message of the
+ * pair stored in this group, newest first, up to limit + 1 of them.
  */
 const HISTORY = PRELUDE + `
 local user, peer = ARGV[1], ARGV[2]
-local max = '+inf'
-if ARGV[3] ~= '' then max = '(' .. ARGV[3] end
-local seqs = redis.call('ZRANGE', P .. 'c:' .. pair(user, peer), max, '-inf', 'BYSCORE', 'REV',
-  'LIMIT', 0, tonumber(ARGV[4]) + 1)
+local key = P .. 'h:' .. pair(user, peer)
+-- The list's seqs ascend (appended in seq order): the page ends before the first seq that is
+-- not below the cursor, found by binary search.
+local stop = redis.call('LLEN', key)
+if ARGV[3] ~= '' then
+  local before, low = tonumber(ARGV[3]), 0
+  while low < stop do
+    local mid = math.floor((low + stop) / 2)
+    if tonumber(redis.call('LINDEX', key, mid)) < before then low = mid + 1 else stop = mid end
+  end
+end
+local seqs = {}
+if stop > 0 then
+  local found = redis.call('LRANGE', key, math.max(0, stop - tonumber(ARGV[4]) - 1), stop - 1)
+  for i = #found, 1, -1 do seqs[#seqs + 1] = found[i] end
+end
 local out = {}
 for _, seq in ipairs(seqs) do
   local m = P .. 'm:' .. seq
-  local v = redis.call('HMGET', m, 'sender', 'id', 'type', 'text', 'at', 'rcpt')
+  local v = redis.call('HMGET', m, 'sender', 'id', 'type', 'text', 'at', 'rcpt', 'u')
   local other = user
   if v[1] == user then other = peer end
   local state = redis.call('HGET', m, 's:' .. other) or 'a'
-  table.insert(out, {seq, v[1], v[2], v[3], v[4], v[5], v[6], state})
+  out[#out + 1] = {seq, v[1], v[2], v[3], v[4], v[5], v[6], state, v[7] or '0'}
 end
 return out
 `;
 
 /**
- * ARGV: cutoff (ms), batch size. Drops messages accepted before cutoff, oldest
- * first, up to the first one that is not; returns {messages dropped,
- * unacknowledged (recipient, message) pairs among them, entries of the order
- * list looked at and removed (dropped, or already dropped by the cap)}.
+ * KEYS[1]: store prefix. ARGV: cutoff (ms), batch size. Walks the seqs after
+ * `swept` upward, dropping messages accepted before cutoff, up to the first
+ * one that is not (seqs the cap, a dedupe or a drop left empty are passed
+ * over); returns {messages dropped, unacknowledged (recipient, message)
+ * pairs among them, seqs looked at, sender and id of each copy removed}.
  */
 const SWEEP = PRELUDE + `
-local order = P .. 'order'
 local cutoff, batch = tonumber(ARGV[1]), tonumber(ARGV[2])
-local dropped, unacked, popped = 0, 0, 0
-for _, seq in ipairs(redis.call('LRANGE', order, 0, batch - 1)) do
-  local m = P .. 'm:' .. seq
+local from = tonumber(redis.call('GET', P .. 'swept') or '0')
+local top = tonumber(redis.call('GET', P .. 'seq') or '0')
+local dropped, unacked, looked, gone = 0, 0, 0, {}
+local seq = from
+while seq < top and looked < batch do
+  local m = P .. 'm:' .. (seq + 1)
   local v = redis.call('HMGET', m, 'sender', 'id', 'rcpt', 'at')
   if v[4] and tonumber(v[4]) >= cutoff then break end
-  redis.call('LPOP', order)
-  popped = popped + 1
+  seq = seq + 1
+  looked = looked + 1
   if v[3] then
-    dropped = dropped + 1
-    for _, user in ipairs(cjson.decode(v[3])) do
-      local state = forget(user, seq)
+    local users = cjson.decode(v[3])
+    -- Counted once, by the copy of the group of its first recipient.
+    if redis.call('HEXISTS', m, 's:' .. users[1]) == 1 then dropped = dropped + 1 end
+    for _, user in ipairs(users) do
+      local state = forget(user, tostring(seq))
       if state and state ~= 'a' then unacked = unacked + 1 end
     end
     if redis.call('EXISTS', m) == 1 then
       redis.call('DEL', m, P .. 'k:' .. v[1] .. '\\0' .. v[2])
     end
+    gone[#gone + 1] = v[1]; gone[#gone + 1] = v[2]
   end
 end
-return {dropped, unacked, popped}
+if seq > from then redis.call('SET', P .. 'swept', seq) end
+return {dropped, unacked, looked, gone}
+`;
+
+/**
+ * On a Redis Cluster a message is known by its sender in the sender's group:
+ * `d:{sender}\0{id}` is 'p' while its copies are being stored, then the
+ * number of groups holding a copy; it expires with the retention period.
+ * KEYS[1]: the sender's store prefix. ARGV: presence prefix, sender, id, ttl
+ * (s), origin, echo user ('' for none), then nothing. Returns {1} when the
+ * message is known (a duplicate), else {0, instances holding the echo user}
+ * and marks it 'p'.
+ */
+const CLAIM = ROUTE_LUA + `
+local key = KEYS[1] .. 'd:' .. ARGV[2] .. '\\0' .. ARGV[3]
+local prior = redis.call('GET', key)
+if prior and prior ~= 'p' then return {1} end
+if not prior then redis.call('SET', key, 'p', 'EX', ARGV[4]) end
+local instances = {}
+if ARGV[6] ~= '' then instances = route(ARGV[1], 'r', '', '', ARGV[5], ARGV[6], ARGV, 7, nil) end
+return {0, instances}
+`;
+
+/**
+ * KEYS[1]: the sender's store prefix. ARGV: sender, id, groups: the message
+ * is stored in that many groups (a claim made by CLAIM). Then
+ * sender, id… pairs (`gone`) of messages whose copy in a group was removed.
+ */
+const SETTLE = `
+local P = KEYS[1]
+for i = 1, #ARGV, 3 do
+  local key = P .. 'd:' .. ARGV[i] .. '\\0' .. ARGV[i + 1]
+  local change = ARGV[i + 2]
+  local prior = redis.call('GET', key)
+  if change ~= '-1' then
+    if prior then redis.call('SET', key, change, 'KEEPTTL') end
+  elseif prior and prior ~= 'p' then
+    if tonumber(prior) <= 1 then redis.call('DEL', key)
+    else redis.call('SET', key, tonumber(prior) - 1, 'KEEPTTL') end
+  end
+end
+return 1
+`;
+
+/**
+ * KEYS[1]: store prefix. ARGV: sender, id, users: takes back the group's copy
+ * of a message stored by a resend that its claim found known (a repeat of
+ * the id to other recipients).
+ */
+const REVOKE = PRELUDE + `
+local seq = redis.call('GET', P .. 'k:' .. ARGV[1] .. '\\0' .. ARGV[2])
+if not seq then return 0 end
+for i = 3, #ARGV do forget(ARGV[i], seq) end
+return 1
 `;
 
 const SCRIPTS = {
+  CLAIM,
+  REVOKE,
+  SETTLE,
   ACCEPT,
   UNACKNOWLEDGED,
   MARK_DELIVERED,
@@ -284,7 +388,7 @@ export interface RedisStoreOptions {
   retentionDays?: number;
   /** Where drops are reported. */
   logger?: Logger;
-  /** Messages dropped per script run by {@link RedisStore.sweep}. @default 500 */
+  /** Seqs looked at per script run by {@link RedisStore.sweep}. @default 500 */
   sweepBatch?: number;
   /**
    * Awaited before the replay of a user is read: resolves once this
@@ -306,33 +410,44 @@ export interface RedisStoreOptions {
   waitReplicas?: { replicas: number; timeoutMs: number };
   /** Bytes of pending copies a sender may have; no limit when absent. */
   maxPendingBytesPerSender?: number;
+  /** Key layout; by default the link's ({@link RedisLayout.of}). */
+  layout?: RedisLayout;
 }
+
+type AcceptReply = [0, string, string[], string[], string[]] | [1] | [2];
 
 /** Messages and delivery states in Redis, shared by every instance. */
 export class RedisStore implements MessageStore {
-  #client: RedisClient;
+  #link: RedisLink;
+  #layout: RedisLayout;
   #scripts: RedisScripts<keyof typeof SCRIPTS>;
-  #maxPerUser: number;
+  #router?: Router;
+  #maxPerUser: string;
   #retentionMs: number;
+  #lastStamp = 0;
+  /** Lifetime of a claim: the retention period and a day. */
+  #claimSeconds: number;
   #logger?: Logger;
   #sweepBatch: number;
   #maxPendingBytes: string;
   #beforeReplay?: (userId: string) => Promise<void>;
-  /** Marks not sent yet: user, sender, id, seq of each. */
-  #marks: string[] = [];
+  /** Marks not sent yet, by group: user, sender, id, seq of each. */
+  #marks = new Map<number, string[]>();
   #marked?: PromiseWithResolvers<void>;
   #streamLength: string;
   #wait?: { replicas: number; timeoutMs: number };
-  /** The `WAIT` that covers the writes sent in this turn of the event loop, if one is due. */
-  #waiting?: Promise<void>;
+  /** The `WAIT`s that cover the writes sent in this turn of the event loop, by group. */
+  #waiting = new Map<number, Promise<void>>();
   /** Whether accept and acknowledge publish what they are given (see RedisStoreOptions.publish). */
   readonly publishes: boolean;
 
   /** Takes ownership of `client` (closed by {@link close}). */
-  constructor(client: RedisClient, options: RedisStoreOptions = {}) {
-    this.#client = client;
-    this.#maxPerUser = options.maxPerUser ?? 10000;
+  constructor(client: RedisClient | RedisLink, options: RedisStoreOptions = {}) {
+    this.#link = linkOf(client);
+    this.#layout = options.layout ?? RedisLayout.of(this.#link);
+    this.#maxPerUser = String(options.maxPerUser ?? 10000);
     this.#retentionMs = (options.retentionDays ?? 30) * 86_400_000;
+    this.#claimSeconds = Math.ceil(this.#retentionMs / 1000) + 86_400;
     this.#logger = options.logger;
     this.#sweepBatch = options.sweepBatch ?? 500;
     this.#maxPendingBytes = options.maxPendingBytesPerSender === undefined
@@ -345,40 +460,47 @@ export class RedisStore implements MessageStore {
       this.#wait = options.waitReplicas;
     }
     const logger = options.logger ?? createLogger({ level: "error" });
-    this.#scripts = new RedisScripts(client, "Storage", SCRIPTS, logger);
+    this.#scripts = new RedisScripts(this.#link, "Storage", SCRIPTS, logger);
+    if (options.publish) {
+      this.#router = new Router(this.#link, this.#layout, options.publish.maxLength, logger);
+    }
   }
 
-  #eval(script: keyof typeof SCRIPTS, args: string[]): Promise<unknown> {
-    return this.#scripts.run(script, args);
+  #run(script: keyof typeof SCRIPTS, k: number, args: string[]): Promise<unknown> {
+    return this.#scripts.run(script, this.#layout.store(k), args);
   }
 
-  /** ARGV of the publish part of a script: entry, max length, origin, echo user. */
-  #routeArgs(delivery: Delivery | undefined): string[] {
-    if (!this.publishes || !delivery) return ["", "", "", ""];
+  /** The route arguments of a script: mode, entry text, max length, origin, echo user. */
+  #routeArgs(delivery: Delivery | undefined, echo: string): string[] {
+    if (!this.#router || !delivery) return ["", "", "", "", ""];
+    const inline = this.#layout.inline;
     return [
-      deliveryEntry(delivery),
+      inline ? "i" : "r",
+      inline ? deliveryEntry(delivery) : "",
       this.#streamLength,
       delivery.origin?.instance ?? "",
-      delivery.echoTo ?? "",
+      echo,
     ];
   }
 
   /**
-   * Resolves once `written` (a script call just sent) has resolved and, with
-   * `waitReplicas`, once enough replicas confirm it. One `WAIT`, sent after
-   * every write of this turn of the event loop on the same connection,
-   * covers them all (Redis answers it once the replicas acknowledge
-   * everything written before it).
+   * Resolves once `written` (a script call just sent to group `k`) has
+   * resolved and, with `waitReplicas`, once enough replicas confirm it. One
+   * `WAIT` per group, sent after every write of this turn of the event loop
+   * on the same connection, covers them all (Redis answers it once the
+   * replicas acknowledge everything written before it).
    */
-  async #replicated<T>(written: Promise<T>): Promise<T> {
+  async #replicated<T>(k: number, written: Promise<T>): Promise<T> {
     if (!this.#wait) return await written;
-    if (!this.#waiting) {
+    let waiting = this.#waiting.get(k);
+    if (!waiting) {
       const { replicas, timeoutMs } = this.#wait;
-      const waiting = Promise.resolve().then(async () => {
-        this.#waiting = undefined;
+      const key = this.#layout.store(k);
+      waiting = Promise.resolve().then(async () => {
+        this.#waiting.delete(k);
         const copies = await guard(
           "Storage",
-          () => this.#client.sendCommand<number>(["WAIT", String(replicas), String(timeoutMs)]),
+          () => this.#link.send<number>(key, ["WAIT", String(replicas), String(timeoutMs)]),
         );
         if (copies < replicas) {
           throw new BackendUnavailableError(
@@ -386,37 +508,201 @@ export class RedisStore implements MessageStore {
           );
         }
       });
-      this.#waiting = waiting;
+      this.#waiting.set(k, waiting);
     }
-    const waited = this.#waiting!;
-    const [result] = await Promise.all([written, waited]);
+    const [result] = await Promise.all([written, waiting]);
     return result;
   }
 
+  /**
+   * Stores the message: on a single Redis in one script that also routes it.
+   * On a Redis Cluster the sender's group first claims (sender, id) (a
+   * duplicate stops there), then the message is stored in the group of each
+   * recipient (one script per group, in parallel), each routing to the
+   * instances holding its recipients; a resend after a partial failure
+   * completes the groups that missed it (the others answer duplicate).
+   */
   async accept(message: NewMessage, delivery?: Delivery): Promise<AcceptResult> {
-    const reply = await this.#replicated(this.#eval("ACCEPT", [
+    const layout = this.#layout;
+    if (layout.groups === 1 && layout.inline) {
+      const reply = await this.#replicated(
+        0,
+        this.#run("ACCEPT", 0, [
+          layout.presence(0),
+          ...this.#acceptArgs(message),
+          ...this.#routeArgs(delivery, delivery?.echoTo ?? ""),
+          "",
+          ...message.recipients,
+        ]),
+      ) as AcceptReply;
+      if (reply[0] === 1) return { duplicate: true };
+      if (reply[0] === 2) return { duplicate: false, overQuota: true };
+      this.#logDrops(reply[2]);
+      return { duplicate: false };
+    }
+    const slot = this.#router && delivery ? this.#router.outbox.reserve() : undefined;
+    const appends: Append[] = [];
+    try {
+      return await this.#acceptInGroups(message, slot ? delivery : undefined, appends);
+    } finally {
+      await slot?.fill(appends);
+    }
+  }
+
+  /**
+   * A strictly increasing stamp (µs since the epoch, this process's clock):
+   * orders messages of one millisecond in a history merged from two groups.
+   */
+  #stamp(): string {
+    const now = Math.round((performance.timeOrigin + performance.now()) * 1000);
+    this.#lastStamp = Math.max(this.#lastStamp + 1, now);
+    return String(this.#lastStamp);
+  }
+
+  /** The message's part of ACCEPT's arguments. */
+  #acceptArgs(message: NewMessage): string[] {
+    return [
       message.sender,
       message.id,
       String(message.type),
       message.text,
       String(message.acceptedAt),
       JSON.stringify(message.recipients),
-      String(this.#maxPerUser),
-      ...this.#routeArgs(delivery),
+      this.#maxPerUser,
       this.#maxPendingBytes,
-      ...message.recipients,
-    ])) as (number | string)[];
-    if (reply[0] === 1) return { duplicate: true };
-    if (reply[0] === 2) return { duplicate: false, overQuota: true };
-    for (let i = 1; i < reply.length; i += 3) {
-      this.#logger?.warn("Per-user cap reached: dropped an unacknowledged message", {
-        user: reply[i],
-        sender: reply[i + 1],
-        id: reply[i + 2],
-        maxPerUser: this.#maxPerUser,
+    ];
+  }
+
+  /** {@link accept} on several groups; what is to be routed goes to `appends`. */
+  async #acceptInGroups(
+    message: NewMessage,
+    delivery: Delivery | undefined,
+    appends: Append[],
+  ): Promise<AcceptResult> {
+    const layout = this.#layout;
+    const own = layout.group(message.sender);
+    const groups = layout.split(message.recipients);
+    const echo = delivery?.echoTo ?? "";
+    // Claimed alongside the copies, so that every call is sent now, in call order.
+    const claiming = this.#replicated(
+      own,
+      this.#run("CLAIM", own, [
+        layout.presence(own),
+        message.sender,
+        message.id,
+        String(this.#claimSeconds),
+        delivery?.origin?.instance ?? "",
+        // The sender's other devices, unless the sender's group stores a copy (it routes them).
+        groups.has(own) ? "" : echo,
+      ]),
+    ) as Promise<[1] | [0, string[]]>;
+    const entries = [...groups];
+    const stamp = this.#stamp();
+    const storing = Promise.allSettled(entries.map(([k, users]) =>
+      this.#replicated(
+        k,
+        this.#run("ACCEPT", k, [
+          layout.presence(k),
+          ...this.#acceptArgs(message),
+          ...this.#routeArgs(delivery, k === own ? echo : ""),
+          stamp,
+          ...users,
+        ]),
+      ) as Promise<AcceptReply>
+    ));
+    const [claim, replies] = await Promise.all([
+      claiming.catch((error) => error instanceof Error ? error : new Error(String(error))),
+      storing,
+    ]);
+    if (claim instanceof Error || claim[0] === 1) {
+      // Known already (or unknown whether): take back the copies this call stored.
+      await Promise.all(replies.map((reply, i) => {
+        if (reply.status !== "fulfilled" || reply.value[0] !== 0) return;
+        const [k, users] = entries[i];
+        return this.#run("REVOKE", k, [message.sender, message.id, ...users]);
+      }));
+      if (claim instanceof Error) throw claim;
+      return { duplicate: true };
+    }
+    let duplicates = 0;
+    let overQuota = false;
+    let failed: unknown;
+    const instances = new Set<string>();
+    const gone: string[][] = [];
+    let seq: string | undefined;
+    for (const reply of replies) {
+      if (reply.status === "rejected") {
+        failed ??= reply.reason;
+        continue;
+      }
+      const value = reply.value;
+      if (value[0] === 1) duplicates++;
+      else if (value[0] === 2) overQuota = true;
+      else {
+        const [, stored, drops, found, dropped] = value;
+        this.#logDrops(drops);
+        for (const instance of found) instances.add(instance);
+        gone.push(dropped);
+        seq = stored;
+      }
+    }
+    const complete = failed === undefined && !overQuota;
+    const settled = this.#settle(
+      complete ? [message.sender, message.id, String(groups.size)] : [],
+      gone.flat(),
+    );
+    if (delivery && instances.size + claim[1].length > 0) {
+      if (complete && duplicates < groups.size) {
+        for (const instance of claim[1]) instances.add(instance);
+      }
+      // A seq names one group's copy: only a delivery to users of one group may carry it.
+      appends.push({
+        instances: [...instances],
+        text: deliveryEntry(delivery),
+        seq: groups.size === 1 ? seq : undefined,
       });
     }
-    return { duplicate: false };
+    await settled;
+    if (failed !== undefined) throw failed;
+    if (overQuota) return { duplicate: false, overQuota: true };
+    return { duplicate: duplicates === groups.size };
+  }
+
+  /**
+   * Records that a claimed message is stored in all its groups (`done`:
+   * sender, id, groups) and that the copies `gone` (sender, id pairs) were
+   * removed; each in the sender's group. Failures are logged: a claim left
+   * 'p' only makes a resend store again where copies are missing, and a
+   * claim expires with the retention period.
+   */
+  async #settle(done: string[], gone: string[]): Promise<void> {
+    const byGroup = new Map<number, string[]>();
+    const add = (sender: string, id: string, change: string) => {
+      const k = this.#layout.group(sender);
+      const list = byGroup.get(k);
+      if (list) list.push(sender, id, change);
+      else byGroup.set(k, [sender, id, change]);
+    };
+    if (done.length > 0) add(done[0], done[1], done[2]);
+    for (let i = 0; i < gone.length; i += 2) add(gone[i], gone[i + 1], "-1");
+    await Promise.all(
+      [...byGroup].map(([k, args]) =>
+        this.#run("SETTLE", k, args).catch((error) =>
+          this.#logger?.debug("Could not settle a message's claim", { error })
+        )
+      ),
+    );
+  }
+
+  #logDrops(drops: string[]): void {
+    for (let i = 0; i < drops.length; i += 3) {
+      this.#logger?.warn("Per-user cap reached: dropped an unacknowledged message", {
+        user: drops[i],
+        sender: drops[i + 1],
+        id: drops[i + 2],
+        maxPerUser: Number(this.#maxPerUser),
+      });
+    }
   }
 
   async unacknowledged(
@@ -427,7 +713,11 @@ export class RedisStore implements MessageStore {
     if (options.after === undefined) await this.#beforeReplay?.(userId);
     const after = options.after !== undefined && /^\d+$/.test(options.after) ? options.after : "0";
     const limit = Math.max(0, Math.floor(options.limit));
-    const reply = await this.#eval("UNACKNOWLEDGED", [userId, after, String(limit)]) as string[][];
+    const reply = await this.#run("UNACKNOWLEDGED", this.#layout.group(userId), [
+      userId,
+      after,
+      String(limit),
+    ]) as string[][];
     const page = reply.length > limit ? reply.slice(0, limit) : reply;
     return {
       messages: page.map(([_seq, sender, id, type, text, at]) => ({
@@ -444,27 +734,37 @@ export class RedisStore implements MessageStore {
 
   /**
    * Marks are batched: those made in one turn of the event loop (e.g. for
-   * every entry of one broker read) go to Redis as one script call after it.
-   * A mark only moves `pending` to `delivered`, so its place among other
-   * calls does not matter.
+   * every entry of one broker read) go to Redis as one script call per group
+   * after it. A mark only moves `pending` to `delivered`, so its place among
+   * other calls does not matter.
    */
   markDelivered(userId: string, keys: MessageKey[]): Promise<void> {
     if (keys.length === 0) return Promise.resolve();
+    const marks = this.#marksOf(this.#layout.group(userId));
     for (const key of keys) {
-      this.#marks.push(userId, key.sender, key.id, (key as SequencedKey).seq ?? "");
+      marks.push(userId, key.sender, key.id, (key as SequencedKey).seq ?? "");
     }
-    if (!this.#marked) {
-      this.#marked = Promise.withResolvers<void>();
-      queueMicrotask(() => this.#flushMarks());
-    }
-    return this.#marked.promise;
+    return this.#markedSoon();
   }
 
   /** One message delivered to several users: their marks join the same batch. */
   markDeliveredTo(key: MessageKey, userIds: readonly string[]): Promise<void> {
     if (userIds.length === 0) return Promise.resolve();
+    // A seq names the copy of one group: it came with a delivery to users of that group only.
     const seq = (key as SequencedKey).seq ?? "";
-    for (const userId of userIds) this.#marks.push(userId, key.sender, key.id, seq);
+    for (const userId of userIds) {
+      this.#marksOf(this.#layout.group(userId)).push(userId, key.sender, key.id, seq);
+    }
+    return this.#markedSoon();
+  }
+
+  #marksOf(k: number): string[] {
+    let marks = this.#marks.get(k);
+    if (!marks) this.#marks.set(k, marks = []);
+    return marks;
+  }
+
+  #markedSoon(): Promise<void> {
     if (!this.#marked) {
       this.#marked = Promise.withResolvers<void>();
       queueMicrotask(() => this.#flushMarks());
@@ -473,14 +773,16 @@ export class RedisStore implements MessageStore {
   }
 
   async #flushMarks(): Promise<void> {
-    const marks = this.#marks;
+    const byGroup = this.#marks;
     const done = this.#marked!;
-    this.#marks = [];
+    this.#marks = new Map();
     this.#marked = undefined;
     try {
       const calls = [];
-      for (let i = 0; i < marks.length; i += MARKS_PER_CALL * 4) {
-        calls.push(this.#eval("MARK_DELIVERED", marks.slice(i, i + MARKS_PER_CALL * 4)));
+      for (const [k, marks] of byGroup) {
+        for (let i = 0; i < marks.length; i += MARKS_PER_CALL * 4) {
+          calls.push(this.#run("MARK_DELIVERED", k, marks.slice(i, i + MARKS_PER_CALL * 4)));
+        }
       }
       await Promise.all(calls);
       done.resolve();
@@ -489,55 +791,133 @@ export class RedisStore implements MessageStore {
     }
   }
 
+  /**
+   * Records the receipt in the user's group and routes the receipt frame
+   * from there (the user's other devices, and the sender when they share
+   * the group); on a Redis Cluster a sender of another group is looked up in
+   * theirs, and the frame goes once to each instance found.
+   */
   async acknowledge(userId: string, key: MessageKey, delivery?: Delivery): Promise<boolean> {
-    return await this.#replicated(this.#eval("ACKNOWLEDGE", [
-      userId,
-      key.sender,
-      key.id,
-      ...this.#routeArgs(delivery),
-      ...(this.publishes && delivery ? delivery.users : []),
-    ])) === 1;
+    const layout = this.#layout;
+    const k = layout.group(userId);
+    const route = this.#router && delivery ? delivery : undefined;
+    const here = route ? route.users.filter((user) => layout.group(user) === k) : [];
+    const slot = route && !layout.inline ? this.#router!.outbox.reserve() : undefined;
+    const lookups = slot
+      ? [...layout.split(route!.users.filter((user) => layout.group(user) !== k))].map((
+        [g, users],
+      ) => this.#router!.lookup(g, users, "", route!, "").catch(() => [] as string[]))
+      : [];
+    const appends: Append[] = [];
+    try {
+      const reply = await this.#replicated(
+        k,
+        this.#run("ACKNOWLEDGE", k, [
+          layout.presence(k),
+          userId,
+          key.sender,
+          key.id,
+          ...this.#routeArgs(route, route?.echoTo ?? ""),
+          ...here,
+        ]),
+      ) as [0] | [1, string[]];
+      if (reply[0] !== 1) return false;
+      if (slot) {
+        const instances = new Set(reply[1]);
+        for (const found of await Promise.all(lookups)) {
+          for (const instance of found) instances.add(instance);
+        }
+        if (instances.size > 0) {
+          appends.push({ instances: [...instances], text: deliveryEntry(route!) });
+        }
+      }
+      return true;
+    } finally {
+      await slot?.fill(appends);
+    }
   }
 
+  /**
+   * A page of the conversation of two users, newest first. Each direction is
+   * stored in its recipient's group; when the two users are in different
+   * groups, both are read and merged by acceptance time, and the cursor
+   * holds a position in each (`<seq in the user's group>_<seq in the peer's>`).
+   */
   async history(userId: string, peer: string, options: HistoryOptions): Promise<HistoryPage> {
-    const before = options.before !== undefined && /^\d+$/.test(options.before)
-      ? options.before
-      : "";
     const limit = Math.max(0, Math.floor(options.limit));
-    const reply = await this.#eval("HISTORY", [userId, peer, before, String(limit)]) as string[][];
-    const page = reply.slice(0, limit);
+    const mine = this.#layout.group(userId);
+    const theirs = this.#layout.group(peer);
+    if (mine === theirs) {
+      const before = options.before !== undefined && /^\d+$/.test(options.before)
+        ? options.before
+        : "";
+      const rows = await this.#historyIn(mine, userId, peer, before, limit);
+      const page = rows.slice(0, limit);
+      return {
+        messages: page.map(historyMessage),
+        next: rows.length > limit && page.length > 0 ? page[page.length - 1][0] : undefined,
+      };
+    }
+    const cursor = /^(\d*)_(\d*)$/.exec(options.before ?? "");
+    const before = [cursor?.[1] ?? "", cursor?.[2] ?? ""];
+    const sides = await Promise.all([
+      this.#historyIn(mine, userId, peer, before[0], limit),
+      this.#historyIn(theirs, userId, peer, before[1], limit),
+    ]);
+    const taken = [0, 0];
+    const page: string[][] = [];
+    while (page.length < limit) {
+      const a = sides[0][taken[0]];
+      const b = sides[1][taken[1]];
+      if (!a && !b) break;
+      const side = !b || (a && newer(a, b)) ? 0 : 1;
+      page.push(sides[side][taken[side]++]);
+    }
+    const position = (side: number) =>
+      taken[side] > 0 ? sides[side][taken[side] - 1][0] : before[side];
+    const more = sides[0].length > taken[0] || sides[1].length > taken[1];
     return {
-      messages: page.map(([_seq, sender, id, type, text, at, rcpt, state]) => ({
-        sender,
-        id,
-        type: Number(type),
-        text,
-        acceptedAt: Number(at),
-        recipients: JSON.parse(rcpt),
-        state: STATES[state],
-      })),
-      next: reply.length > limit && page.length > 0 ? page[page.length - 1][0] : undefined,
+      messages: page.map(historyMessage),
+      next: more && page.length > 0 ? `${position(0)}_${position(1)}` : undefined,
     };
   }
 
+  async #historyIn(
+    k: number,
+    userId: string,
+    peer: string,
+    before: string,
+    limit: number,
+  ): Promise<string[][]> {
+    return await this.#run("HISTORY", k, [userId, peer, before, String(limit)]) as string[][];
+  }
+
   async pendingCount(): Promise<number> {
-    const value = await guard("Storage", () => this.#client.get(`${P}pending`));
-    return Number(value ?? 0);
+    let total = 0;
+    for (let k = 0; k < this.#layout.groups; k++) {
+      const key = `${this.#layout.store(k)}pending`;
+      const value = await guard("Storage", () => this.#link.send<string | null>(key, ["GET", key]));
+      total += Number(value ?? 0);
+    }
+    return total;
   }
 
   async sweep(now: number): Promise<number> {
     const cutoff = String(now - this.#retentionMs);
     let dropped = 0;
     let unacknowledged = 0;
-    while (true) {
-      const [count, unacked, popped] = await this.#eval("SWEEP", [
-        cutoff,
-        String(this.#sweepBatch),
-      ]) as [number, number, number];
-      dropped += count;
-      unacknowledged += unacked;
-      // Fewer than a batch looked at: the rest of the list is within the retention period.
-      if (popped < this.#sweepBatch) break;
+    for (let k = 0; k < this.#layout.groups; k++) {
+      while (true) {
+        const [count, unacked, looked, gone] = await this.#run("SWEEP", k, [
+          cutoff,
+          String(this.#sweepBatch),
+        ]) as [number, number, number, string[]];
+        if (this.#layout.groups > 1) await this.#settle([], gone);
+        dropped += count;
+        unacknowledged += unacked;
+        // Fewer than a batch looked at: the rest of the group is within the retention period.
+        if (looked < this.#sweepBatch) break;
+      }
     }
     if (unacknowledged > 0) {
       this.#logger?.warn("Retention sweep dropped unacknowledged messages", {
@@ -551,6 +931,25 @@ export class RedisStore implements MessageStore {
   }
 
   close(): Promise<void> {
-    return closeRedis(this.#client);
+    return this.#link.close();
   }
+}
+
+/** Whether HISTORY row `a` was accepted after `b` (by acceptedAt, then order stamp). */
+function newer(a: string[], b: string[]): boolean {
+  const at = Number(a[5]) - Number(b[5]);
+  return at !== 0 ? at > 0 : Number(a[8]) > Number(b[8]);
+}
+
+/** A HISTORY row as a history message. */
+function historyMessage([_seq, sender, id, type, text, at, rcpt, state]: string[]) {
+  return {
+    sender,
+    id,
+    type: Number(type),
+    text,
+    acceptedAt: Number(at),
+    recipients: JSON.parse(rcpt) as string[],
+    state: STATES[state],
+  };
 }
