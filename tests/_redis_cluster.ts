@@ -5,9 +5,14 @@
  * replica promoted.
  *
  * ```ts
+ * import { createCluster } from "redis";
+ * import { RedisCluster } from "./_redis_cluster.ts";
+ *
  * await using cluster = await RedisCluster.start();
  * const client = await createCluster({ rootNodes: [{ url: cluster.url }] }).connect();
- * const { killed, promoted } = await cluster.killMasterOf("{room:1}");
+ * await client.set("{room:1}:messages", "hello");
+ * const { killed, promoted } = await cluster.killMasterOf("{room:1}:messages");
+ * client.destroy(); // It would keep retrying `killed` (see tests/redis_cluster_harness_test.ts)
  * ```
  *
  * Admin queries go over a raw RESP exchange (no client library): they never
