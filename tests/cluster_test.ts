@@ -16,15 +16,25 @@ import {
   wsSession,
 } from "./_helpers.ts";
 import { eventually, RedisServer, SKIP_REASON } from "./_redis.ts";
+import { RedisCluster } from "./_redis_cluster.ts";
 import { connectRedis } from "../src/backends/redis.ts";
 import { RedisPresence } from "../src/backends/presence_redis.ts";
 import { createLogger } from "../src/log.ts";
 
 const ignore = SKIP_REASON !== undefined;
+
+/**
+ * The Redis deployments the tests that need only a URL run against: a
+ * single Redis, and a Redis Cluster of 3 masters with a replica each.
+ */
+const DEPLOYMENTS: { name: string; start(): Promise<{ url: string } & AsyncDisposable> }[] = [
+  { name: "", start: () => RedisServer.start() },
+  { name: " (Redis Cluster)", start: () => RedisCluster.start() },
+];
 const quietLogger = () => createLogger({ level: "error", write: () => {} });
 
 /** Starts `count` instances sharing `redis`. */
-async function startCluster(redis: RedisServer, count: number): Promise<TestServer[]> {
+async function startCluster(redis: { url: string }, count: number): Promise<TestServer[]> {
   const servers: TestServer[] = [];
   for (let i = 0; i < count; i++) {
     servers.push(await startServer({ cluster: { redisUrl: redis.url } }));
@@ -71,101 +81,108 @@ async function receive(client: TestClient, count: number): Promise<Frame[]> {
   return frames;
 }
 
-Deno.test({
-  name: "cluster: a sessionId issued by one instance is redeemed on another, once",
-  ignore,
-  async fn() {
-    await using redis = await RedisServer.start();
-    const [a, b, c] = await startCluster(redis, 3);
-    try {
-      const { client, sessionId } = await registerAcross(a, b, "alice");
-      const again = await TestClient.open(c.wsUrl);
-      const reply = await registerFrame(again, "u1", sessionId);
-      assertEquals(reply.code, 402);
-      await again.close();
-      await client.close();
-    } finally {
-      await closeAll([a, b, c]);
-    }
-  },
-});
+for (const deployment of DEPLOYMENTS) {
+  Deno.test({
+    name:
+      `cluster: a sessionId issued by one instance is redeemed on another, once${deployment.name}`,
+    ignore,
+    async fn() {
+      await using redis = await deployment.start();
+      const [a, b, c] = await startCluster(redis, 3);
+      try {
+        const { client, sessionId } = await registerAcross(a, b, "alice");
+        const again = await TestClient.open(c.wsUrl);
+        const reply = await registerFrame(again, "u1", sessionId);
+        assertEquals(reply.code, 402);
+        await again.close();
+        await client.close();
+      } finally {
+        await closeAll([a, b, c]);
+      }
+    },
+  });
+}
 
-Deno.test({
-  name: "cluster: frames reach every instance in order, once per connection",
-  ignore,
-  async fn(t) {
-    await using redis = await RedisServer.start();
-    const [a, b, c] = await startCluster(redis, 3);
-    try {
-      const alicePhone = await a.connect("alice", "phone");
-      const aliceWeb = await b.connect("alice", "web");
-      const aliceDesk = await c.connect("alice", "desk");
-      const bob = await b.connect("bob");
-      const carol = await c.connect("carol");
+for (const deployment of DEPLOYMENTS) {
+  Deno.test({
+    name: `cluster: frames reach every instance in order, once per connection${deployment.name}`,
+    ignore,
+    async fn(t) {
+      await using redis = await deployment.start();
+      const [a, b, c] = await startCluster(redis, 3);
+      try {
+        const alicePhone = await a.connect("alice", "phone");
+        const aliceWeb = await b.connect("alice", "web");
+        const aliceDesk = await c.connect("alice", "desk");
+        const bob = await b.connect("bob");
+        const carol = await c.connect("carol");
 
-      await t.step(
-        "a text from A reaches recipients and the sender's devices on B and C",
-        async () => {
-          assertEquals((await alicePhone.text("u2,u3", "hello", "x-1")).code, 200);
-          for (const client of [bob, carol, aliceWeb, aliceDesk]) {
-            const frame = await client.message();
-            assertEquals([frame.id, frame.from, frame.to, frame.body], [
-              "x-1",
-              "u1",
-              "u2,u3",
-              "hello",
-            ]);
+        await t.step(
+          "a text from A reaches recipients and the sender's devices on B and C",
+          async () => {
+            assertEquals((await alicePhone.text("u2,u3", "hello", "x-1")).code, 200);
+            for (const client of [bob, carol, aliceWeb, aliceDesk]) {
+              const frame = await client.message();
+              assertEquals([frame.id, frame.from, frame.to, frame.body], [
+                "x-1",
+                "u1",
+                "u2,u3",
+                "hello",
+              ]);
+            }
+          },
+        );
+
+        await t.step("200 frames sent in a burst arrive in order and once everywhere", async () => {
+          const ids = Array.from({ length: 200 }, (_, i) => `burst-${i}`);
+          for (const id of ids) {
+            alicePhone.send({ id, type: 2001, isSystem: false, from: "u1", to: "u2,u3", body: id });
           }
-        },
-      );
+          for (const id of ids) assertEquals((await alicePhone.reply(id)).code, 200);
+          for (const client of [bob, carol, aliceWeb, aliceDesk]) {
+            assertEquals((await receive(client, ids.length)).map((f) => f.id), ids);
+          }
+          for (const client of [alicePhone, bob, carol, aliceWeb, aliceDesk]) {
+            assertEquals(await client.quiet(100), [], "nothing more, nothing twice");
+          }
+        });
 
-      await t.step("200 frames sent in a burst arrive in order and once everywhere", async () => {
-        const ids = Array.from({ length: 200 }, (_, i) => `burst-${i}`);
-        for (const id of ids) {
-          alicePhone.send({ id, type: 2001, isSystem: false, from: "u1", to: "u2,u3", body: id });
-        }
-        for (const id of ids) assertEquals((await alicePhone.reply(id)).code, 200);
-        for (const client of [bob, carol, aliceWeb, aliceDesk]) {
-          assertEquals((await receive(client, ids.length)).map((f) => f.id), ids);
-        }
-        for (const client of [alicePhone, bob, carol, aliceWeb, aliceDesk]) {
-          assertEquals(await client.quiet(100), [], "nothing more, nothing twice");
-        }
-      });
+        await t.step("a receipt from C reaches the sender on A", async () => {
+          const frame = { id: "x-1", from: "u1" };
+          assertEquals((await carol.receipt(frame)).code, 200);
+          const forwarded = await alicePhone.next((f) => f.type === 9101);
+          assertEquals([forwarded.id, forwarded.from], ["x-1", "u3"]);
+        });
+      } finally {
+        await closeAll([a, b, c]);
+      }
+    },
+  });
+}
 
-      await t.step("a receipt from C reaches the sender on A", async () => {
-        const frame = { id: "x-1", from: "u1" };
-        assertEquals((await carol.receipt(frame)).code, 200);
-        const forwarded = await alicePhone.next((f) => f.type === 9101);
-        assertEquals([forwarded.id, forwarded.from], ["x-1", "u3"]);
-      });
-    } finally {
-      await closeAll([a, b, c]);
-    }
-  },
-});
-
-Deno.test({
-  name: "cluster: a register on B replaces the same client on A with 4001",
-  ignore,
-  async fn() {
-    await using redis = await RedisServer.start();
-    const [a, b] = await startCluster(redis, 2);
-    try {
-      const old = await a.connect("bob", "web");
-      const other = await a.connect("bob", "phone");
-      const fresh = await b.connect("bob", "web");
-      const closed = await old.closed;
-      assertEquals([closed.code, closed.reason], [4001, "replaced"]);
-      const alice = await a.connect("alice");
-      assertEquals((await alice.text("u2", "still there?", "k-1")).code, 200);
-      assertEquals((await fresh.message()).id, "k-1");
-      assertEquals((await other.message()).id, "k-1", "another client of the user stays");
-    } finally {
-      await closeAll([a, b]);
-    }
-  },
-});
+for (const deployment of DEPLOYMENTS) {
+  Deno.test({
+    name: `cluster: a register on B replaces the same client on A with 4001${deployment.name}`,
+    ignore,
+    async fn() {
+      await using redis = await deployment.start();
+      const [a, b] = await startCluster(redis, 2);
+      try {
+        const old = await a.connect("bob", "web");
+        const other = await a.connect("bob", "phone");
+        const fresh = await b.connect("bob", "web");
+        const closed = await old.closed;
+        assertEquals([closed.code, closed.reason], [4001, "replaced"]);
+        const alice = await a.connect("alice");
+        assertEquals((await alice.text("u2", "still there?", "k-1")).code, 200);
+        assertEquals((await fresh.message()).id, "k-1");
+        assertEquals((await other.message()).id, "k-1", "another client of the user stays");
+      } finally {
+        await closeAll([a, b]);
+      }
+    },
+  });
+}
 
 Deno.test({
   name: "cluster: a broker reader that loses its connection resumes where it stopped",
@@ -282,31 +299,33 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "cluster: offline messages are kept for any instance",
-  ignore,
-  async fn() {
-    await using redis = await RedisServer.start();
-    const [a, b, c] = await startCluster(redis, 3);
-    try {
-      const alice = await a.connect("alice");
-      const ids = Array.from({ length: 5 }, (_, i) => `off-${i}`);
-      for (const id of ids) assertEquals((await alice.text("u2", id, id)).code, 200);
-      const bobOnC = await c.connect("bob");
-      assertEquals((await receive(bobOnC, 5)).map((f) => f.id), ids);
-      for (const id of ids.slice(0, 2)) {
-        assertEquals((await bobOnC.receipt({ id, from: "u1" })).code, 200);
-        assertEquals((await alice.next((f) => f.type === 9101)).id, id);
+for (const deployment of DEPLOYMENTS) {
+  Deno.test({
+    name: `cluster: offline messages are kept for any instance${deployment.name}`,
+    ignore,
+    async fn() {
+      await using redis = await deployment.start();
+      const [a, b, c] = await startCluster(redis, 3);
+      try {
+        const alice = await a.connect("alice");
+        const ids = Array.from({ length: 5 }, (_, i) => `off-${i}`);
+        for (const id of ids) assertEquals((await alice.text("u2", id, id)).code, 200);
+        const bobOnC = await c.connect("bob");
+        assertEquals((await receive(bobOnC, 5)).map((f) => f.id), ids);
+        for (const id of ids.slice(0, 2)) {
+          assertEquals((await bobOnC.receipt({ id, from: "u1" })).code, 200);
+          assertEquals((await alice.next((f) => f.type === 9101)).id, id);
+        }
+        await bobOnC.close();
+        const bobOnB = await b.connect("bob");
+        assertEquals((await receive(bobOnB, 3)).map((f) => f.id), ids.slice(2));
+        assertEquals(await bobOnB.quiet(100), []);
+      } finally {
+        await closeAll([a, b, c]);
       }
-      await bobOnC.close();
-      const bobOnB = await b.connect("bob");
-      assertEquals((await receive(bobOnB, 3)).map((f) => f.id), ids.slice(2));
-      assertEquals(await bobOnB.quiet(100), []);
-    } finally {
-      await closeAll([a, b, c]);
-    }
-  },
-});
+    },
+  });
+}
 
 /** A server instance in a child process, killed with SIGKILL by the test. */
 async function spawnInstance(redisUrl: string, dir: string) {

@@ -228,6 +228,8 @@ class ClusterLink implements RedisLink {
   #client: RedisClusterClient;
   #url: string;
   #options: RedisConnectOptions;
+  #discovering?: Promise<void>;
+  #discoveredAt = 0;
 
   constructor(client: RedisClusterClient, url: string, options: RedisConnectOptions) {
     this.#client = client;
@@ -240,7 +242,41 @@ class ClusterLink implements RedisLink {
   }
 
   send<T>(key: string, args: string[]): Promise<T> {
-    return this.#client.sendCommand(key, false, args) as Promise<T>;
+    return (this.#client.sendCommand(key, false, args) as Promise<T>).catch((error) => {
+      if (isUnavailable(error)) this.#rediscover();
+      throw error;
+    });
+  }
+
+  /**
+   * Asks the nodes for the slot map again. node-redis does that only when a
+   * node answers MOVED or ASK, which a dead master never does: without this
+   * its slots would stay unreachable after a replica took them over. Tried
+   * on the replicas first (they outlive a master), at most every 200 ms
+   * while commands keep failing, so it settles once the failover is done.
+   */
+  #rediscover(): void {
+    const now = Date.now();
+    if (this.#discovering || now - this.#discoveredAt < 200) return;
+    this.#discoveredAt = now;
+    const cluster = this.#client;
+    const slots = (cluster as unknown as {
+      _slots: { rediscover(start: { options: unknown }): Promise<void> };
+    })._slots;
+    const nodes = [...cluster.replicas, ...cluster.masters].map(({ host, port }) => ({
+      host,
+      port,
+    }));
+    this.#discovering = (async () => {
+      for (const socket of nodes) {
+        try {
+          await slots.rediscover({ options: { socket } });
+          return;
+        } catch {
+          // That node is gone too: try the next.
+        }
+      }
+    })().finally(() => this.#discovering = undefined);
   }
 
   nodes(replicas = false): Promise<RedisClient[]> {
@@ -304,6 +340,9 @@ async function connectCluster(url: string, options: RedisConnectOptions): Promis
   const parsed = new URL(url);
   const cluster = createCluster({
     rootNodes: [{ url }],
+    // Connected to the replicas too (commands still go to masters): they get the scripts
+    // before a failover promotes one of them.
+    useReplicas: true,
     defaults: {
       name: `im-${name}`,
       username: parsed.username ? decodeURIComponent(parsed.username) : undefined,

@@ -30,7 +30,7 @@ import { parseRecipients } from "../protocol/recipients.ts";
 import type { Connection, Hub } from "./hub.ts";
 import type { DeliveryService } from "./delivery.ts";
 import type { SessionStore } from "./sessions.ts";
-import type { StoredMessage } from "./store.ts";
+import type { MessageKey, StoredMessage } from "./store.ts";
 import { ConnectionRateLimit, type RateLimitOptions } from "./rate_limit.ts";
 import { type Logger, redact } from "../log.ts";
 import { BackendUnavailableError } from "./errors.ts";
@@ -138,6 +138,11 @@ const CHECK_EVERY = 65536;
 /** Bytes a replay leaves unsent before it waits for the socket to drain. */
 const REPLAY_ROOM = 256 * 1024;
 
+/** Keys of the last stored messages a replay sent, remembered after it ends. */
+const REPLAYED_KEYS = 1024;
+/** Milliseconds the live copy of a message the replay sent may still arrive (and is dropped). */
+const REPLAYED_GRACE_MS = 3000;
+
 /** Handles the frames of one connection. */
 export class ClientSession {
   #deps: SessionDeps;
@@ -150,6 +155,14 @@ export class ClientSession {
   /** Characters of the frames in `#waiting` (counted against `maxBufferedBytes`). */
   #waitingBytes = 0;
   #replay?: Replay;
+  /**
+   * The last messages the replay sent (`sender\0id`), kept for a while after
+   * it ended: a live copy routed before the register but arriving after the
+   * replay's last read (on a Redis Cluster the route is a second step) is
+   * then not sent twice.
+   */
+  #replayed?: Set<string>;
+  #replayedUntil = 0;
   #opened = false;
   #closed = false;
   #sentSinceCheck = 0;
@@ -468,7 +481,10 @@ export class ClientSession {
       since: Date.now(),
       deliver: (text, stored) => {
         const replay = this.#replay;
-        if (!replay) return this.#send(text);
+        if (!replay) {
+          if (stored && this.#replayed && this.#sentByReplay(stored)) return;
+          return this.#send(text);
+        }
         if (stored) {
           replay.arrivals++;
           return;
@@ -480,7 +496,12 @@ export class ClientSession {
           this.#refuseConnection("slow_consumer", CloseCode.SLOW_CONSUMER);
         }
       },
-      replay: (message: StoredMessage) => this.#send(message.text),
+      replay: (message: StoredMessage) => {
+        const replayed = this.#replayed ??= new Set();
+        if (replayed.size >= REPLAYED_KEYS) replayed.delete(replayed.values().next().value!);
+        replayed.add(`${message.sender}\0${message.id}`);
+        this.#send(message.text);
+      },
       pageRead: () => {
         const replay = this.#replay;
         if (!replay || this.#closed) return false;
@@ -491,12 +512,22 @@ export class ClientSession {
       endReplay: () => {
         const replay = this.#replay;
         this.#replay = undefined;
+        this.#replayedUntil = Date.now() + REPLAYED_GRACE_MS;
         if (!replay) return;
         for (const text of replay.held) this.#send(text);
       },
       close: (code, reason) => this.close(code, reason),
       drain: () => this.#drain(),
     };
+  }
+
+  /** Whether the replay sent the stored message `key` lately (its live copy is then dropped). */
+  #sentByReplay(key: MessageKey): boolean {
+    if (Date.now() > this.#replayedUntil) {
+      this.#replayed = undefined;
+      return false;
+    }
+    return this.#replayed!.delete(`${key.sender}\0${key.id}`);
   }
 
   /** Sends a frame, closing a client that lets more than the cap pile up (1013). */
