@@ -7,7 +7,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import { createClient, createCluster, ErrorReply } from "redis";
+import { ClientOfflineError, createClient, createCluster, ErrorReply } from "redis";
 import { BackendUnavailableError } from "../core/errors.ts";
 import type { Logger } from "../log.ts";
 
@@ -231,21 +231,39 @@ class ClusterLink implements RedisLink {
   #discovering?: Promise<void>;
   #discoveredAt = 0;
 
-  constructor(client: RedisClusterClient, url: string, options: RedisConnectOptions) {
+  #retry: { until: number };
+
+  constructor(
+    client: RedisClusterClient,
+    url: string,
+    options: RedisConnectOptions,
+    retry: { until: number },
+  ) {
     this.#client = client;
     this.#url = url;
     this.#options = options;
+    this.#retry = retry;
   }
 
   get isReady(): boolean {
     return this.#client.isOpen;
   }
 
-  send<T>(key: string, args: string[]): Promise<T> {
-    return (this.#client.sendCommand(key, false, args) as Promise<T>).catch((error) => {
-      if (isUnavailable(error)) this.#rediscover();
-      throw error;
-    });
+  /**
+   * A command refused because its node is offline was never sent: it is sent
+   * again once the slot map is read anew (after a failover, to the promoted
+   * replica). Commands that may have run are not retried.
+   */
+  async send<T>(key: string, args: string[]): Promise<T> {
+    try {
+      return await this.#client.sendCommand(key, false, args) as T;
+    } catch (error) {
+      if (!isUnavailable(error)) throw error;
+      const discovered = this.#rediscover();
+      if (!(error instanceof ClientOfflineError)) throw error;
+      await discovered;
+      return await this.#client.sendCommand(key, false, args) as T;
+    }
   }
 
   /**
@@ -255,9 +273,10 @@ class ClusterLink implements RedisLink {
    * on the replicas first (they outlive a master), at most every 200 ms
    * while commands keep failing, so it settles once the failover is done.
    */
-  #rediscover(): void {
+  #rediscover(): Promise<void> {
+    if (this.#discovering) return this.#discovering;
     const now = Date.now();
-    if (this.#discovering || now - this.#discoveredAt < 200) return;
+    if (now - this.#discoveredAt < 200) return Promise.resolve();
     this.#discoveredAt = now;
     const cluster = this.#client;
     const slots = (cluster as unknown as {
@@ -267,7 +286,7 @@ class ClusterLink implements RedisLink {
       host,
       port,
     }));
-    this.#discovering = (async () => {
+    return this.#discovering = (async () => {
       for (const socket of nodes) {
         try {
           await slots.rediscover({ options: { socket } });
@@ -294,17 +313,25 @@ class ClusterLink implements RedisLink {
   }
 
   async close(): Promise<void> {
-    if (!this.#client.isOpen) return;
-    try {
-      await this.#client.close();
-    } catch {
-      this.#client.destroy();
+    if (this.#client.isOpen) {
+      try {
+        await this.#client.close();
+      } catch {
+        this.#client.destroy();
+      }
     }
+    await this.#retried();
   }
 
-  drop(): Promise<void> {
+  async drop(): Promise<void> {
     if (this.#client.isOpen) this.#client.destroy();
-    return Promise.resolve();
+    await this.#retried();
+  }
+
+  /** Waits out a pending reconnect timer of a node (destroy does not cancel it). */
+  async #retried(): Promise<void> {
+    const wait = this.#retry.until - Date.now();
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait + 5));
   }
 }
 
@@ -338,6 +365,8 @@ async function connectCluster(url: string, options: RedisConnectOptions): Promis
   const { logger, name } = options;
   const maxDelay = options.maxRetryDelayMs ?? 1000;
   const parsed = new URL(url);
+  /** When the latest reconnect attempt of any node is due (node-redis keeps that timer). */
+  const retry = { until: 0 };
   const cluster = createCluster({
     rootNodes: [{ url }],
     // Connected to the replicas too (commands still go to masters): they get the scripts
@@ -350,7 +379,11 @@ async function connectCluster(url: string, options: RedisConnectOptions): Promis
       disableOfflineQueue: true,
       socket: {
         connectTimeout: 2000,
-        reconnectStrategy: (retries: number) => Math.min(50 * 2 ** retries, maxDelay),
+        reconnectStrategy: (retries: number) => {
+          const delay = Math.min(50 * 2 ** retries, maxDelay);
+          retry.until = Math.max(retry.until, Date.now() + delay);
+          return delay;
+        },
       },
     },
   });
@@ -377,7 +410,7 @@ async function connectCluster(url: string, options: RedisConnectOptions): Promis
     logger.info("Redis Cluster connection restored", { connection: name });
   });
   await cluster.connect();
-  return new ClusterLink(cluster, url, options);
+  return new ClusterLink(cluster, url, options, retry);
 }
 
 /**

@@ -425,6 +425,8 @@ export class RedisStore implements MessageStore {
   #maxPerUser: string;
   #retentionMs: number;
   #lastStamp = 0;
+  /** Settles after the last call passed to {@link #inOrder}. */
+  #ordered: Promise<void> = Promise.resolve();
   /** Lifetime of a claim: the retention period and a day. */
   #claimSeconds: number;
   #logger?: Logger;
@@ -542,11 +544,34 @@ export class RedisStore implements MessageStore {
     }
     const slot = this.#router && delivery ? this.#router.outbox.reserve() : undefined;
     const appends: Append[] = [];
-    try {
-      return await this.#acceptInGroups(message, slot ? delivery : undefined, appends);
-    } finally {
-      await slot?.fill(appends);
-    }
+    return this.#inOrder((async () => {
+      try {
+        return await this.#acceptInGroups(message, slot ? delivery : undefined, appends);
+      } finally {
+        await slot?.fill(appends);
+      }
+    })());
+  }
+
+  /**
+   * `call`, resolved only after every earlier call passed here settled: on a
+   * Redis Cluster the groups' masters answer independently, and accepts and
+   * acknowledgements still resolve in the order they were made.
+   */
+  #inOrder<T>(call: Promise<T>): Promise<T> {
+    const before = this.#ordered;
+    const after = call.then(
+      async (value) => {
+        await before;
+        return value;
+      },
+      async (error) => {
+        await before;
+        throw error;
+      },
+    );
+    this.#ordered = after.then(() => {}, () => {});
+    return after;
   }
 
   /**
@@ -797,7 +822,12 @@ export class RedisStore implements MessageStore {
    * the group); on a Redis Cluster a sender of another group is looked up in
    * theirs, and the frame goes once to each instance found.
    */
-  async acknowledge(userId: string, key: MessageKey, delivery?: Delivery): Promise<boolean> {
+  acknowledge(userId: string, key: MessageKey, delivery?: Delivery): Promise<boolean> {
+    const acknowledged = this.#acknowledge(userId, key, delivery);
+    return this.#layout.groups > 1 ? this.#inOrder(acknowledged) : acknowledged;
+  }
+
+  async #acknowledge(userId: string, key: MessageKey, delivery?: Delivery): Promise<boolean> {
     const layout = this.#layout;
     const k = layout.group(userId);
     const route = this.#router && delivery ? delivery : undefined;
