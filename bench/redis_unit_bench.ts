@@ -35,6 +35,8 @@ const { values } = parseArgs({
     "no-registers": { type: "boolean", default: false },
     instances: { type: "string", default: "2" },
     "max-per-user": { type: "string", default: "10000" },
+    /** Extra redis-server arguments, space separated (e.g. "--hash-max-listpack-value 1024"). */
+    "redis-args": { type: "string", default: "" },
   },
 });
 const MESSAGES = Number(values.messages);
@@ -61,7 +63,17 @@ function taskset(): boolean {
 }
 
 const port = freePort();
-const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+const args = [
+  "--port",
+  String(port),
+  "--bind",
+  "127.0.0.1",
+  "--save",
+  "",
+  "--appendonly",
+  "no",
+  ...values["redis-args"].split(" ").filter((arg) => arg !== ""),
+];
 const pin = taskset();
 const redis = new Deno.Command(pin ? "taskset" : "redis-server", {
   args: pin ? ["-c", "0", "redis-server", ...args] : args,

@@ -252,8 +252,8 @@ export class RedisBroker implements Broker {
       }
       for (const [id, fields] of reply?.[0]?.[1] ?? []) {
         this.#last = id;
-        // Entries are ["e", text] or ["e", text, "s", seq]; the stream's first is ["h", "1"].
-        if (fields[0] === "e") this.#receive(fields[1], fields[3]);
+        // Entries are ["e", text] or ["e", text, "s", seq, "b", bytes]; the first is ["h", "1"].
+        if (fields[0] === "e") this.#receive(fields[1], fields[3], fields[5]);
       }
     }
   }
@@ -274,8 +274,11 @@ export class RedisBroker implements Broker {
     this.#wake = undefined;
   }
 
-  /** Hands an entry to the handler; `seq` is the stored message's, when the store routed it. */
-  #receive(text: string | undefined, seq: string | undefined): void {
+  /**
+   * Hands an entry to the handler; `seq` and `bytes` are the stored
+   * message's, when the store routed it.
+   */
+  #receive(text: string | undefined, seq?: string, bytes?: string): void {
     const handler = this.#handler;
     if (!handler || text === undefined) return;
     try {
@@ -283,7 +286,11 @@ export class RedisBroker implements Broker {
       if (kind === "d") {
         const delivery = body as Delivery;
         // The delivery mark (RedisStore.markDelivered) then finds the message without a lookup.
-        if (seq !== undefined && delivery.stored) (delivery.stored as SequencedKey).seq = seq;
+        if (seq !== undefined && delivery.stored) {
+          const stored = delivery.stored as SequencedKey;
+          stored.seq = seq;
+          if (bytes) stored.bytes = bytes;
+        }
         handler.deliver(delivery);
       } else if (kind === "k") handler.kick(body as Kick);
     } catch (error) {

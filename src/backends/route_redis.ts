@@ -36,8 +36,8 @@ export const deliveryEntry = (delivery: Delivery): string => JSON.stringify(["d"
  * `users[first..]`, or of the `echo` user (the sender's other devices, ''
  * for none; the origin's instance is skipped for it when its only entry
  * there is the origin connection itself). With mode 'i' it appends the entry
- * `text` (and the stored message's `seq`, or nil) to their streams. Returns
- * the instances.
+ * `text` (and the stored message's `seq` and text `bytes`, or nil) to their
+ * streams. Returns the instances.
  */
 export const ROUTE_LUA = `
 local ROUTE_STREAM = ${JSON.stringify(`${KEY_PREFIX}{inst:`)}
@@ -52,7 +52,7 @@ local function route_holders(PP, user)
   end
   return counts
 end
-local function route(PP, mode, text, max, origin, echo, users, first, seq)
+local function route(PP, mode, text, max, origin, echo, users, first, seq, bytes)
   local targets = {}
   local recipient = {}
   for i = first, #users do
@@ -71,7 +71,8 @@ local function route(PP, mode, text, max, origin, echo, users, first, seq)
     if mode == 'i' then
       local key = ROUTE_STREAM .. instance .. '}:deliveries'
       if seq then
-        redis.call('XADD', key, 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'e', text, 's', seq)
+        redis.call('XADD', key, 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'e', text, 's', seq, 'b',
+          bytes)
       else
         redis.call('XADD', key, 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'e', text)
       end
@@ -91,7 +92,9 @@ return route(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV, 6, nil)
 export interface Append {
   instances: string[];
   text: string;
+  /** The stored message's sequence and text bytes in its group (the delivery mark's). */
   seq?: string;
+  bytes?: string;
 }
 
 /**
@@ -136,7 +139,7 @@ export class Outbox {
     while (this.#queue.length > 0 && this.#queue[0].appends !== undefined) {
       const { appends, done } = this.#queue.shift()!;
       const sent: Promise<unknown>[] = [];
-      for (const { instances, text, seq } of appends!) {
+      for (const { instances, text, seq, bytes } of appends!) {
         for (const instance of instances) {
           const stream = deliveryStream(instance);
           const args = [
@@ -150,7 +153,7 @@ export class Outbox {
             "e",
             text,
           ];
-          if (seq !== undefined) args.push("s", seq);
+          if (seq !== undefined) args.push("s", seq, "b", bytes ?? "");
           sent.push(this.#link.send(stream, args));
         }
       }

@@ -53,10 +53,17 @@ import { RedisLayout } from "./redis_layout.ts";
 import { type Append, deliveryEntry, ROUTE_LUA, Router } from "./route_redis.ts";
 import { createLogger } from "../log.ts";
 
-/** A stored message's key as read from a stream entry the store routed: with its sequence. */
-export type SequencedKey = MessageKey & { seq?: string };
+/**
+ * A stored message's key as read from a stream entry the store routed: with
+ * its sequence and text bytes (the delivery mark then needs no lookup).
+ */
+export type SequencedKey = MessageKey & { seq?: string; bytes?: string };
 
-/** Lua: a pending copy of message `m` from `sender` is no longer pending (the sender's quota). */
+/**
+ * Lua: a pending copy of message `m` from `sender` is no longer pending (the
+ * sender's quota). A copy stops being pending once: whoever sets its
+ * `d:{user}` field first (the delivery mark, or the receipt) releases it.
+ */
 const RELEASE_LUA = `
 local function release(m, sender)
   if sender == 'SYSTEM' then return end
@@ -78,10 +85,10 @@ end
 -- that was the group's last recipient of it (the group's copy is gone).
 local function forget(user, seq, popped)
   local m = P .. 'm:' .. seq
-  local v = redis.call('HMGET', m, 's:' .. user, 'sender', 'id', 'n')
+  local v = redis.call('HMGET', m, 's:' .. user, 'sender', 'id', 'n', 'd:' .. user)
   local state = v[1]
   if not state then return false end
-  if state == 'p' then release(m, v[2]) end
+  if state == 'p' and not v[5] then release(m, v[2]) end
   if state ~= 'a' then
     redis.call('DECR', P .. 'pending')
     redis.call('ZREM', P .. 'un:' .. user, seq)
@@ -94,7 +101,7 @@ local function forget(user, seq, popped)
     redis.call('DEL', m, P .. 'k:' .. v[2] .. '\\0' .. v[3])
     return state, v[2], v[3], true
   end
-  redis.call('HDEL', m, 's:' .. user)
+  redis.call('HDEL', m, 's:' .. user, 'd:' .. user)
   redis.call('HINCRBY', m, 'n', -1)
   return state, v[2], v[3], false
 end
@@ -163,9 +170,10 @@ for i = FIRST, #ARGV do
 end
 local instances = {}
 if ARGV[10] ~= '' then
-  instances = route(ARGV[1], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV, FIRST, seq)
+  instances = route(ARGV[1], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV, FIRST, seq,
+    string.len(text))
 end
-return {0, seq, drops, instances, gone}
+return {0, seq, drops, instances, gone, string.len(text)}
 `;
 
 /**
@@ -186,21 +194,29 @@ return out
 `;
 
 /**
- * KEYS[1]: store prefix. ARGV: user, sender, id, seq ('' when unknown) of
- * each (recipient, message) to mark delivered.
+ * KEYS[1]: store prefix. ARGV: user, sender, id, seq ('' when unknown), text
+ * bytes ('' when unknown) of each (recipient, message) to mark delivered:
+ * one HSETNX each, and one quota release per sender for the whole batch. (A
+ * message dropped since it was delivered leaves a stray `d:` field under its
+ * seq, which the retention walk deletes.)
  */
 const MARK_DELIVERED = `
 local P = KEYS[1]
-${RELEASE_LUA}
-for i = 1, #ARGV, 4 do
+local freed = {}
+for i = 1, #ARGV, 5 do
   local seq = ARGV[i + 3]
   if seq == '' then seq = redis.call('GET', P .. 'k:' .. ARGV[i + 1] .. '\\0' .. ARGV[i + 2]) end
   if seq then
-    local m, field = P .. 'm:' .. seq, 's:' .. ARGV[i]
-    if redis.call('HGET', m, field) == 'p' then
-      redis.call('HSET', m, field, 'd')
-      release(m, ARGV[i + 1])
+    local m, sender = P .. 'm:' .. seq, ARGV[i + 1]
+    if redis.call('HSETNX', m, 'd:' .. ARGV[i], 1) == 1 and sender ~= 'SYSTEM' then
+      local bytes = tonumber(ARGV[i + 4]) or redis.call('HSTRLEN', m, 'text')
+      freed[sender] = (freed[sender] or 0) + bytes
     end
+  end
+end
+for sender, bytes in pairs(freed) do
+  if redis.call('HINCRBY', P .. 'sb', sender, -bytes) <= 0 then
+    redis.call('HDEL', P .. 'sb', sender)
   end
 end
 return 1
@@ -222,8 +238,9 @@ if not seq then return {0} end
 local m = P .. 'm:' .. seq
 local state = redis.call('HGET', m, 's:' .. user)
 if not state then return {0} end
-if state == 'p' then release(m, ARGV[3]) end
 if state ~= 'a' then
+  -- Not marked delivered yet: the receipt releases the copy ('d' is the state's old encoding).
+  if redis.call('HSETNX', m, 'd:' .. user, 1) == 1 and state == 'p' then release(m, ARGV[3]) end
   redis.call('HSET', m, 's:' .. user, 'a')
   redis.call('ZREM', P .. 'un:' .. user, seq)
   redis.call('DECR', P .. 'pending')
@@ -264,7 +281,9 @@ for _, seq in ipairs(seqs) do
   local v = redis.call('HMGET', m, 'sender', 'id', 'type', 'text', 'at', 'rcpt', 'u')
   local other = user
   if v[1] == user then other = peer end
-  local state = redis.call('HGET', m, 's:' .. other) or 'a'
+  local s = redis.call('HMGET', m, 's:' .. other, 'd:' .. other)
+  local state = s[1] or 'a'
+  if state == 'p' and s[2] then state = 'd' end
   out[#out + 1] = {seq, v[1], v[2], v[3], v[4], v[5], v[6], state, v[7] or '0'}
 end
 return out
@@ -301,6 +320,8 @@ while seq < top and looked < batch do
       redis.call('DEL', m, P .. 'k:' .. v[1] .. '\\0' .. v[2])
     end
     gone[#gone + 1] = v[1]; gone[#gone + 1] = v[2]
+  else
+    redis.call('DEL', m)
   end
 end
 if seq > from then redis.call('SET', P .. 'swept', seq) end
@@ -414,7 +435,7 @@ export interface RedisStoreOptions {
   layout?: RedisLayout;
 }
 
-type AcceptReply = [0, string, string[], string[], string[]] | [1] | [2];
+type AcceptReply = [0, string, string[], string[], string[], number] | [1] | [2];
 
 /** Messages and delivery states in Redis, shared by every instance. */
 export class RedisStore implements MessageStore {
@@ -655,6 +676,7 @@ export class RedisStore implements MessageStore {
     const instances = new Set<string>();
     const gone: string[][] = [];
     let seq: string | undefined;
+    let bytes: string | undefined;
     for (const reply of replies) {
       if (reply.status === "rejected") {
         failed ??= reply.reason;
@@ -664,11 +686,12 @@ export class RedisStore implements MessageStore {
       if (value[0] === 1) duplicates++;
       else if (value[0] === 2) overQuota = true;
       else {
-        const [, stored, drops, found, dropped] = value;
+        const [, stored, drops, found, dropped, size] = value;
         this.#logDrops(drops);
         for (const instance of found) instances.add(instance);
         gone.push(dropped);
         seq = stored;
+        bytes = String(size);
       }
     }
     const complete = failed === undefined && !overQuota;
@@ -685,6 +708,7 @@ export class RedisStore implements MessageStore {
         instances: [...instances],
         text: deliveryEntry(delivery),
         seq: groups.size === 1 ? seq : undefined,
+        bytes: groups.size === 1 ? bytes : undefined,
       });
     }
     await settled;
@@ -767,7 +791,8 @@ export class RedisStore implements MessageStore {
     if (keys.length === 0) return Promise.resolve();
     const marks = this.#marksOf(this.#layout.group(userId));
     for (const key of keys) {
-      marks.push(userId, key.sender, key.id, (key as SequencedKey).seq ?? "");
+      const { seq, bytes } = key as SequencedKey;
+      marks.push(userId, key.sender, key.id, seq ?? "", bytes ?? "");
     }
     return this.#markedSoon();
   }
@@ -777,8 +802,9 @@ export class RedisStore implements MessageStore {
     if (userIds.length === 0) return Promise.resolve();
     // A seq names the copy of one group: it came with a delivery to users of that group only.
     const seq = (key as SequencedKey).seq ?? "";
+    const bytes = (key as SequencedKey).bytes ?? "";
     for (const userId of userIds) {
-      this.#marksOf(this.#layout.group(userId)).push(userId, key.sender, key.id, seq);
+      this.#marksOf(this.#layout.group(userId)).push(userId, key.sender, key.id, seq, bytes);
     }
     return this.#markedSoon();
   }
@@ -805,8 +831,8 @@ export class RedisStore implements MessageStore {
     try {
       const calls = [];
       for (const [k, marks] of byGroup) {
-        for (let i = 0; i < marks.length; i += MARKS_PER_CALL * 4) {
-          calls.push(this.#run("MARK_DELIVERED", k, marks.slice(i, i + MARKS_PER_CALL * 4)));
+        for (let i = 0; i < marks.length; i += MARKS_PER_CALL * 5) {
+          calls.push(this.#run("MARK_DELIVERED", k, marks.slice(i, i + MARKS_PER_CALL * 5)));
         }
       }
       await Promise.all(calls);
