@@ -23,7 +23,7 @@
  * - `swept`: the seq up to which retention has looked (it walks seqs upward
  *   and stops at the first message within the retention period);
  * - `pending`: the number of unacknowledged (recipient, message) pairs;
- * - `sb`: hash of sender → bytes of text of its pending copies in this group
+ * - `sb:{sender}`: bytes of text of the sender's pending copies in this group
  *   (not `SYSTEM`), for `maxPendingBytesPerSender` (so on a Redis Cluster a
  *   sender may hold up to that much in each group: see docs/CLUSTER.md).
  *
@@ -67,8 +67,8 @@ export type SequencedKey = MessageKey & { seq?: string; bytes?: string };
 const RELEASE_LUA = `
 local function release(m, sender)
   if sender == 'SYSTEM' then return end
-  local left = redis.call('HINCRBY', P .. 'sb', sender, -redis.call('HSTRLEN', m, 'text'))
-  if left <= 0 then redis.call('HDEL', P .. 'sb', sender) end
+  local key = P .. 'sb:' .. sender
+  if redis.call('DECRBY', key, redis.call('HSTRLEN', m, 'text')) <= 0 then redis.call('DEL', key) end
 end
 `;
 
@@ -125,23 +125,26 @@ const ACCEPT = PRELUDE + ROUTE_LUA + `
 local sender, id, text = ARGV[2], ARGV[3], ARGV[5]
 local FIRST = 16
 local count = #ARGV - FIRST + 1
--- As a string once: Lua formats numbers with sprintf at every use.
+-- Numbers as strings once: Lua formats a number with sprintf each time it passes one on.
+local scount, size = tostring(count), tostring(string.len(text))
 local seq = tostring(redis.call('INCR', P .. 'seq'))
 local key = P .. 'k:' .. sender .. '\\0' .. id
 if not redis.call('SET', key, seq, 'NX') then return {1} end
 if sender ~= 'SYSTEM' then
-  local bytes = string.len(text) * count
-  local total = redis.call('HINCRBY', P .. 'sb', sender, bytes)
+  local bytes = size
+  if count > 1 then bytes = tostring(string.len(text) * count) end
+  local quota = P .. 'sb:' .. sender
+  local total = redis.call('INCRBY', quota, bytes)
   if ARGV[9] ~= '' and total > tonumber(ARGV[9]) then
-    if total == bytes then redis.call('HDEL', P .. 'sb', sender)
-    else redis.call('HINCRBY', P .. 'sb', sender, -bytes) end
+    if total == tonumber(bytes) then redis.call('DEL', quota)
+    else redis.call('DECRBY', quota, bytes) end
     redis.call('DEL', key)
     return {2}
   end
 end
 local m = P .. 'm:' .. seq
 local fields = {'sender', sender, 'id', id, 'type', ARGV[4], 'text', text, 'at', ARGV[6],
-  'rcpt', ARGV[7], 'n', count}
+  'rcpt', ARGV[7], 'n', scount}
 if ARGV[15] ~= '' then fields[#fields + 1] = 'u'; fields[#fields + 1] = ARGV[15] end
 -- One HSET for the common case; very long recipient lists go on in further calls.
 local last = math.min(#ARGV, FIRST + 199)
@@ -150,7 +153,7 @@ for i = FIRST, last do
 end
 redis.call('HSET', m, unpack(fields))
 for i = last + 1, #ARGV do redis.call('HSET', m, 's:' .. ARGV[i], 'p') end
-redis.call('INCRBY', P .. 'pending', count)
+redis.call('INCRBY', P .. 'pending', scount)
 local max = tonumber(ARGV[8])
 local drops, gone = {}, {}
 for i = FIRST, #ARGV do
@@ -171,9 +174,9 @@ end
 local instances = {}
 if ARGV[10] ~= '' then
   instances = route(ARGV[1], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV, FIRST, seq,
-    string.len(text))
+    size)
 end
-return {0, seq, drops, instances, gone, string.len(text)}
+return {0, seq, drops, instances, gone, size}
 `;
 
 /**
@@ -208,15 +211,16 @@ for i = 1, #ARGV, 5 do
   if seq == '' then seq = redis.call('GET', P .. 'k:' .. ARGV[i + 1] .. '\\0' .. ARGV[i + 2]) end
   if seq then
     local m, sender = P .. 'm:' .. seq, ARGV[i + 1]
-    if redis.call('HSETNX', m, 'd:' .. ARGV[i], 1) == 1 and sender ~= 'SYSTEM' then
+    if redis.call('HSETNX', m, 'd:' .. ARGV[i], '1') == 1 and sender ~= 'SYSTEM' then
       local bytes = tonumber(ARGV[i + 4]) or redis.call('HSTRLEN', m, 'text')
       freed[sender] = (freed[sender] or 0) + bytes
     end
   end
 end
 for sender, bytes in pairs(freed) do
-  if redis.call('HINCRBY', P .. 'sb', sender, -bytes) <= 0 then
-    redis.call('HDEL', P .. 'sb', sender)
+  local key = P .. 'sb:' .. sender
+  if redis.call('DECRBY', key, bytes) <= 0 then
+    redis.call('DEL', key)
   end
 end
 return 1
@@ -240,7 +244,7 @@ local state = redis.call('HGET', m, 's:' .. user)
 if not state then return {0} end
 if state ~= 'a' then
   -- Not marked delivered yet: the receipt releases the copy ('d' is the state's old encoding).
-  if redis.call('HSETNX', m, 'd:' .. user, 1) == 1 and state == 'p' then release(m, ARGV[3]) end
+  if redis.call('HSETNX', m, 'd:' .. user, '1') == 1 and state == 'p' then release(m, ARGV[3]) end
   redis.call('HSET', m, 's:' .. user, 'a')
   redis.call('ZREM', P .. 'un:' .. user, seq)
   redis.call('DECR', P .. 'pending')
@@ -435,7 +439,7 @@ export interface RedisStoreOptions {
   layout?: RedisLayout;
 }
 
-type AcceptReply = [0, string, string[], string[], string[], number] | [1] | [2];
+type AcceptReply = [0, string, string[], string[], string[], string] | [1] | [2];
 
 /** Messages and delivery states in Redis, shared by every instance. */
 export class RedisStore implements MessageStore {
@@ -691,7 +695,7 @@ export class RedisStore implements MessageStore {
         for (const instance of found) instances.add(instance);
         gone.push(dropped);
         seq = stored;
-        bytes = String(size);
+        bytes = size;
       }
     }
     const complete = failed === undefined && !overQuota;
