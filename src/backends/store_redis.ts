@@ -9,20 +9,25 @@
  * A message is stored in the group of each of its recipients: a copy per
  * group, holding the states of that group's recipients (on a single Redis,
  * one copy). Keys of a group (prefix `im:store:`, or `im:{<tag>}:store:`):
- * - `seq`: the group's sequence (INCR); orders inboxes, history and retention;
+ * - `seq`: the group's sequence, advanced by the number of copies each
+ *   message stores (so also the count of copies ever stored); orders
+ *   inboxes, history and retention;
+ * - `done`: copies acknowledged or dropped unacknowledged (and refused):
+ *   `seq - done` copies are pending;
  * - `k:{sender}\0{id}`: the seq of a message (dedupe by sender and id);
  * - `m:{seq}`: hash of the message: `sender`, `id`, `type`, `text`, `at`,
  *   `rcpt` (JSON, every recipient), `n` (recipients of the group still
  *   holding it), `s:{user}` (state `p`ending, `d`elivered, `a`cknowledged);
  * - `held:{user}`: list of the seqs a recipient holds, oldest first (the
  *   per-user cap; messages leave it oldest first, by the cap or retention);
- * - `un:{user}`: sorted set of the seqs a recipient has not acknowledged;
+ * - `in:{user}`: list of the seqs a recipient has not acknowledged, ascending
+ *   (appended in seq order; a list, not a sorted set: an append costs a
+ *   fraction of a ZADD, and receipts come oldest first, near the head);
  * - `h:{a}\0{b}`: list of the seqs between two users whose recipient is in
  *   this group, ascending (history merges the two directions' groups; a
  *   list, not a sorted set: an append costs a third of a ZADD);
  * - `swept`: the seq up to which retention has looked (it walks seqs upward
  *   and stops at the first message within the retention period);
- * - `pending`: the number of unacknowledged (recipient, message) pairs;
  * - `sb:{sender}`: bytes of text of the sender's pending copies in this group
  *   (not `SYSTEM`), for `maxPendingBytesPerSender` (so on a Redis Cluster a
  *   sender may hold up to that much in each group: see docs/CLUSTER.md).
@@ -90,8 +95,9 @@ local function forget(user, seq, popped)
   if not state then return false end
   if state == 'p' and not v[5] then release(m, v[2]) end
   if state ~= 'a' then
-    redis.call('DECR', P .. 'pending')
-    redis.call('ZREM', P .. 'un:' .. user, seq)
+    redis.call('INCR', P .. 'done')
+    -- Acknowledged or dropped oldest first, mostly: found near the head.
+    redis.call('LREM', P .. 'in:' .. user, 1, seq)
   end
   -- The oldest first, by the cap or retention: found at the head of the list.
   if not popped then redis.call('LREM', P .. 'held:' .. user, 1, seq) end
@@ -127,9 +133,14 @@ local FIRST = 16
 local count = #ARGV - FIRST + 1
 -- Numbers as strings once: Lua formats a number with sprintf each time it passes one on.
 local scount, size = tostring(count), tostring(string.len(text))
-local seq = tostring(redis.call('INCR', P .. 'seq'))
+-- The seq advances by the copies stored: the seq is also the count of copies ever stored, and
+-- the pending ones are that less done (one call per message instead of two).
+local seq = tostring(redis.call('INCRBY', P .. 'seq', scount))
 local key = P .. 'k:' .. sender .. '\\0' .. id
-if not redis.call('SET', key, seq, 'NX') then return {1} end
+if not redis.call('SET', key, seq, 'NX') then
+  redis.call('INCRBY', P .. 'done', scount)
+  return {1}
+end
 if sender ~= 'SYSTEM' then
   local bytes = size
   if count > 1 then bytes = tostring(string.len(text) * count) end
@@ -139,6 +150,7 @@ if sender ~= 'SYSTEM' then
     if total == tonumber(bytes) then redis.call('DEL', quota)
     else redis.call('DECRBY', quota, bytes) end
     redis.call('DEL', key)
+    redis.call('INCRBY', P .. 'done', scount)
     return {2}
   end
 end
@@ -153,13 +165,12 @@ for i = FIRST, last do
 end
 redis.call('HSET', m, unpack(fields))
 for i = last + 1, #ARGV do redis.call('HSET', m, 's:' .. ARGV[i], 'p') end
-redis.call('INCRBY', P .. 'pending', scount)
 local max = tonumber(ARGV[8])
 local drops, gone = {}, {}
 for i = FIRST, #ARGV do
   local user = ARGV[i]
   local held = P .. 'held:' .. user
-  redis.call('ZADD', P .. 'un:' .. user, seq, seq)
+  redis.call('RPUSH', P .. 'in:' .. user, seq)
   redis.call('RPUSH', P .. 'h:' .. pair(sender, user), seq)
   local n = redis.call('RPUSH', held, seq)
   while n > max do
@@ -187,8 +198,18 @@ return {0, seq, drops, instances, gone, size}
 const UNACKNOWLEDGED = `
 local P = KEYS[1]
 local out = {}
-local seqs = redis.call('ZRANGE', P .. 'un:' .. ARGV[1], '(' .. ARGV[2], '+inf', 'BYSCORE',
-  'LIMIT', 0, tonumber(ARGV[3]) + 1)
+local key = P .. 'in:' .. ARGV[1]
+-- The inbox's seqs ascend (appended in seq order): the page starts after the cursor, found by
+-- binary search.
+local after, start, stop = tonumber(ARGV[2]), 0, 0
+if after > 0 then
+  stop = redis.call('LLEN', key)
+  while start < stop do
+    local mid = math.floor((start + stop) / 2)
+    if tonumber(redis.call('LINDEX', key, mid)) <= after then start = mid + 1 else stop = mid end
+  end
+end
+local seqs = redis.call('LRANGE', key, start, start + tonumber(ARGV[3]))
 for _, seq in ipairs(seqs) do
   local v = redis.call('HMGET', P .. 'm:' .. seq, 'sender', 'id', 'type', 'text', 'at')
   out[#out + 1] = {seq, v[1], v[2], v[3], v[4], v[5]}
@@ -246,8 +267,8 @@ if state ~= 'a' then
   -- Not marked delivered yet: the receipt releases the copy ('d' is the state's old encoding).
   if redis.call('HSETNX', m, 'd:' .. user, '1') == 1 and state == 'p' then release(m, ARGV[3]) end
   redis.call('HSET', m, 's:' .. user, 'a')
-  redis.call('ZREM', P .. 'un:' .. user, seq)
-  redis.call('DECR', P .. 'pending')
+  redis.call('LREM', P .. 'in:' .. user, 1, seq)
+  redis.call('INCR', P .. 'done')
 end
 local instances = {}
 if ARGV[5] ~= '' then
@@ -955,9 +976,12 @@ export class RedisStore implements MessageStore {
   async pendingCount(): Promise<number> {
     let total = 0;
     for (let k = 0; k < this.#layout.groups; k++) {
-      const key = `${this.#layout.store(k)}pending`;
-      const value = await guard("Storage", () => this.#link.send<string | null>(key, ["GET", key]));
-      total += Number(value ?? 0);
+      const prefix = this.#layout.store(k);
+      const [stored, done] = await guard(
+        "Storage",
+        () => this.#link.send<(string | null)[]>(prefix, ["MGET", `${prefix}seq`, `${prefix}done`]),
+      );
+      total += Number(stored ?? 0) - Number(done ?? 0);
     }
     return total;
   }
