@@ -252,8 +252,19 @@ export class RedisBroker implements Broker {
       }
       for (const [id, fields] of reply?.[0]?.[1] ?? []) {
         this.#last = id;
-        // Entries are ["e", text] or ["e", text, "s", seq, "b", bytes]; the first is ["h", "1"].
-        if (fields[0] === "e") this.#receive(fields[1], fields[3], fields[5]);
+        // Entries are ["e", entry] with, for a stored message, "t" (its frame text, when the
+        // entry leaves it out), "s" (seq) and "b" (bytes); the stream's first is ["h", "1"].
+        if (fields[0] !== "e") continue;
+        let frame: string | undefined;
+        let seq: string | undefined;
+        let bytes: string | undefined;
+        for (let i = 2; i < fields.length; i += 2) {
+          const value = fields[i + 1];
+          if (fields[i] === "t") frame = value;
+          else if (fields[i] === "s") seq = value;
+          else if (fields[i] === "b") bytes = value;
+        }
+        this.#receive(fields[1], seq, bytes, frame);
       }
     }
   }
@@ -278,13 +289,14 @@ export class RedisBroker implements Broker {
    * Hands an entry to the handler; `seq` and `bytes` are the stored
    * message's, when the store routed it.
    */
-  #receive(text: string | undefined, seq?: string, bytes?: string): void {
+  #receive(text: string | undefined, seq?: string, bytes?: string, frame?: string): void {
     const handler = this.#handler;
     if (!handler || text === undefined) return;
     try {
       const [kind, body] = JSON.parse(text) as Envelope;
       if (kind === "d") {
         const delivery = body as Delivery;
+        if (frame !== undefined && delivery.text === undefined) delivery.text = frame;
         // The delivery mark (RedisStore.markDelivered) then finds the message without a lookup.
         if (seq !== undefined && delivery.stored) {
           const stored = delivery.stored as SequencedKey;

@@ -31,13 +31,21 @@ import { deliveryStream, type RedisLayout } from "./redis_layout.ts";
 export const deliveryEntry = (delivery: Delivery): string => JSON.stringify(["d", delivery]);
 
 /**
+ * The text of a stream entry carrying the delivery of a stored message whose
+ * frame text `body` goes in a field of its own (not escaped into the JSON).
+ */
+export const storedEntry = (delivery: Delivery): string =>
+  JSON.stringify(["d", { ...delivery, text: undefined }]);
+
+/**
  * Lua: `route(PP, mode, text, max, origin, echo, users, first, seq)` finds
  * the instances holding a presence entry (under prefix `PP`) of
  * `users[first..]`, or of the `echo` user (the sender's other devices, ''
  * for none; the origin's instance is skipped for it when its only entry
  * there is the origin connection itself). With mode 'i' it appends the entry
- * `text` (and the stored message's `seq` and text `bytes`, or nil) to their
- * streams. Returns the instances.
+ * `text` (for a stored message, with its `seq`, text `bytes` and the frame
+ * `body` itself, which the entry then leaves out) to their streams. Returns
+ * the instances.
  */
 export const ROUTE_LUA = `
 local ROUTE_STREAM = ${JSON.stringify(`${KEY_PREFIX}{inst:`)}
@@ -52,7 +60,7 @@ local function route_holders(PP, user)
   end
   return counts
 end
-local function route(PP, mode, text, max, origin, echo, users, first, seq, bytes)
+local function route(PP, mode, text, max, origin, echo, users, first, seq, bytes, body)
   local targets = {}
   local recipient = {}
   for i = first, #users do
@@ -71,8 +79,8 @@ local function route(PP, mode, text, max, origin, echo, users, first, seq, bytes
     if mode == 'i' then
       local key = ROUTE_STREAM .. instance .. '}:deliveries'
       if seq then
-        redis.call('XADD', key, 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'e', text, 's', seq, 'b',
-          bytes)
+        redis.call('XADD', key, 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'e', text, 't', body, 's',
+          seq, 'b', bytes)
       else
         redis.call('XADD', key, 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'e', text)
       end
@@ -95,6 +103,8 @@ export interface Append {
   /** The stored message's sequence and text bytes in its group (the delivery mark's). */
   seq?: string;
   bytes?: string;
+  /** The frame text, when `text` (a {@link storedEntry}) leaves it out. */
+  body?: string;
 }
 
 /**
@@ -139,7 +149,7 @@ export class Outbox {
     while (this.#queue.length > 0 && this.#queue[0].appends !== undefined) {
       const { appends, done } = this.#queue.shift()!;
       const sent: Promise<unknown>[] = [];
-      for (const { instances, text, seq, bytes } of appends!) {
+      for (const { instances, text, seq, bytes, body } of appends!) {
         for (const instance of instances) {
           const stream = deliveryStream(instance);
           const args = [
@@ -153,6 +163,7 @@ export class Outbox {
             "e",
             text,
           ];
+          if (body !== undefined) args.push("t", body);
           if (seq !== undefined) args.push("s", seq, "b", bytes ?? "");
           sent.push(this.#link.send(stream, args));
         }

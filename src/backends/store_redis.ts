@@ -56,7 +56,7 @@ import type { Logger } from "../log.ts";
 import { BackendUnavailableError } from "../core/errors.ts";
 import { guard, linkOf, type RedisClient, type RedisLink, RedisScripts } from "./redis.ts";
 import { RedisLayout } from "./redis_layout.ts";
-import { type Append, deliveryEntry, ROUTE_LUA, Router } from "./route_redis.ts";
+import { type Append, deliveryEntry, ROUTE_LUA, Router, storedEntry } from "./route_redis.ts";
 import { createLogger } from "../log.ts";
 
 /**
@@ -199,7 +199,7 @@ end
 local instances = {}
 if ARGV[10] ~= '' then
   instances = route(ARGV[1], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV, FIRST, seq,
-    size)
+    size, text)
 end
 return {0, seq, drops, instances, gone, size}
 `;
@@ -536,13 +536,17 @@ export class RedisStore implements MessageStore {
     return this.#scripts.run(script, this.#layout.store(k), args);
   }
 
-  /** The route arguments of a script: mode, entry text, max length, origin, echo user. */
-  #routeArgs(delivery: Delivery | undefined, echo: string): string[] {
+  /**
+   * The route arguments of a script: mode, entry text, max length, origin,
+   * echo user. `stored`: the entry of a stored message, whose frame text the
+   * script adds as a field of its own.
+   */
+  #routeArgs(delivery: Delivery | undefined, echo: string, stored = false): string[] {
     if (!this.#router || !delivery) return ["", "", "", "", ""];
     const inline = this.#layout.inline;
     return [
       inline ? "i" : "r",
-      inline ? deliveryEntry(delivery) : "",
+      inline ? (stored ? storedEntry(delivery) : deliveryEntry(delivery)) : "",
       this.#streamLength,
       delivery.origin?.instance ?? "",
       echo,
@@ -596,7 +600,7 @@ export class RedisStore implements MessageStore {
         this.#run("ACCEPT", 0, [
           layout.presence(0),
           ...this.#acceptArgs(message),
-          ...this.#routeArgs(delivery, delivery?.echoTo ?? ""),
+          ...this.#routeArgs(delivery, delivery?.echoTo ?? "", delivery?.text === message.text),
           "",
           ...message.recipients,
         ]),
@@ -753,6 +757,7 @@ export class RedisStore implements MessageStore {
         seq: groups.size === 1 ? seq : undefined,
         bytes: groups.size === 1 ? bytes : undefined,
       });
+      // (On a cluster the frame text goes inside the entry: its append is a command of its own.)
     }
     await settled;
     if (failed !== undefined) throw failed;
