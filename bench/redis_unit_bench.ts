@@ -111,12 +111,19 @@ const presence = new RedisPresence(await open("presence"), { logger });
 // As cluster.ts sets them up (where the options exist: the benchmark also runs on older code).
 // A small --max-per-user measures the steady state in which each message drops a recipient's oldest.
 const maxPerUser = Number(values["max-per-user"]);
+// The default limits.maxPendingBytesPerSender (64 MiB), as a server runs.
+const maxPendingBytesPerSender = 64 * 1024 * 1024;
 const storeA = new RedisStore(await open("store-a"), {
   logger,
   maxPerUser,
+  maxPendingBytesPerSender,
   publish: { maxLength: 100000 },
 });
-const storeB = new RedisStore(await open("store-b"), { logger, maxPerUser });
+const storeB = new RedisStore(await open("store-b"), {
+  logger,
+  maxPerUser,
+  maxPendingBytesPerSender,
+});
 const brokerA: Broker = new RedisBroker(await open("pub-a"), await open("read-a"), { logger });
 const brokerB: Broker = new RedisBroker(await open("pub-b"), await open("read-b"), { logger });
 let delivered = 0;

@@ -44,8 +44,9 @@ export const storedEntry = (delivery: Delivery): string =>
  * for none; the origin's instance is skipped for it when its only entry
  * there is the origin connection itself). With mode 'i' it appends the entry
  * `text` (for a stored message, with its `seq`, text `bytes` and the frame
- * `body` itself, which the entry then leaves out) to their streams. Returns
- * the instances.
+ * `body` itself, which the entry then leaves out) to their streams. `known`
+ * (or nil) maps users to `route_holders` already looked up. Returns the
+ * instances.
  */
 export const ROUTE_LUA = `
 local ROUTE_STREAM = ${JSON.stringify(`${KEY_PREFIX}{inst:`)}
@@ -60,12 +61,13 @@ local function route_holders(PP, user)
   end
   return counts
 end
-local function route(PP, mode, text, max, origin, echo, users, first, seq, bytes, body)
+local function route(PP, mode, text, max, origin, echo, users, first, seq, bytes, body, known)
   local targets = {}
   local recipient = {}
   for i = first, #users do
     recipient[users[i]] = true
-    for instance in pairs(route_holders(PP, users[i])) do targets[instance] = true end
+    local holders = known and known[users[i]] or route_holders(PP, users[i])
+    for instance in pairs(holders) do targets[instance] = true end
   end
   -- A sender with one entry has no other device: that entry is the sending connection's.
   if echo ~= '' and not recipient[echo] and (origin == '' or

@@ -18,7 +18,9 @@
  *   (dedupe by sender and id);
  * - `m:{seq}`: hash of the message: `sender`, `id`, `type`, `b` (text bytes), `at`,
  *   `rcpt` (JSON, every recipient), `n` (recipients of the group still
- *   holding it), `s:{user}` (state `p`ending, `d`elivered, `a`cknowledged);
+ *   holding it), `s:{user}` (state `p`ending, `P`ending without counting
+ *   against the sender's quota: the recipient had a connection, `a`cknowledged),
+ *   `d:{user}` (set once delivered);
  * - `held:{user}`: list of the seqs a recipient holds, oldest first (the
  *   per-user cap; messages leave it oldest first, by the cap or retention);
  * - `in:{user}`: list of the seqs a recipient has not acknowledged, ascending
@@ -153,14 +155,26 @@ if not redis.call('SET', key, seq .. '\\0' .. text, 'NX') then
   redis.call('INCRBY', P .. 'done', scount)
   return {1}
 end
-if sender ~= 'SYSTEM' then
+-- A copy for a recipient with a connection somewhere is delivered at once: only copies that
+-- wait count against the sender's quota (state 'p'; 'P' is pending, not counted). Presence is
+-- looked up once, for the quota and the route.
+local quota = sender ~= 'SYSTEM' and ARGV[9] ~= ''
+local known, waiting = {}, 0
+if quota or ARGV[10] ~= '' then
+  for i = FIRST, #ARGV do
+    local holders = route_holders(ARGV[1], ARGV[i])
+    known[ARGV[i]] = holders
+    if quota and next(holders) == nil then waiting = waiting + 1 end
+  end
+end
+if waiting > 0 then
   local bytes = size
-  if count > 1 then bytes = tostring(string.len(text) * count) end
-  local quota = P .. 'sb:' .. sender
-  local total = redis.call('INCRBY', quota, bytes)
-  if ARGV[9] ~= '' and total > tonumber(ARGV[9]) then
-    if total == tonumber(bytes) then redis.call('DEL', quota)
-    else redis.call('DECRBY', quota, bytes) end
+  if waiting > 1 then bytes = tostring(string.len(text) * waiting) end
+  local counter = P .. 'sb:' .. sender
+  local total = redis.call('INCRBY', counter, bytes)
+  if total > tonumber(ARGV[9]) then
+    if total == tonumber(bytes) then redis.call('DEL', counter)
+    else redis.call('DECRBY', counter, bytes) end
     redis.call('DEL', key)
     redis.call('INCRBY', P .. 'done', scount)
     return {2}
@@ -174,11 +188,15 @@ local fields = {'sender', sender, 'id', id, 'type', ARGV[4], 'b', size, 'at', AR
 if ARGV[15] ~= '' then fields[#fields + 1] = 'u'; fields[#fields + 1] = ARGV[15] end
 -- One HSET for the common case; very long recipient lists go on in further calls.
 local last = math.min(#ARGV, FIRST + 199)
+local function state(user)
+  if waiting > 0 and next(known[user]) == nil then return 'p' end
+  return 'P'
+end
 for i = FIRST, last do
-  fields[#fields + 1] = 's:' .. ARGV[i]; fields[#fields + 1] = 'p'
+  fields[#fields + 1] = 's:' .. ARGV[i]; fields[#fields + 1] = state(ARGV[i])
 end
 redis.call('HSET', m, unpack(fields))
-for i = last + 1, #ARGV do redis.call('HSET', m, 's:' .. ARGV[i], 'p') end
+for i = last + 1, #ARGV do redis.call('HSET', m, 's:' .. ARGV[i], state(ARGV[i])) end
 local max = tonumber(ARGV[8])
 local drops, gone = {}, {}
 for i = FIRST, #ARGV do
@@ -196,12 +214,16 @@ for i = FIRST, #ARGV do
     if last then gone[#gone + 1] = from; gone[#gone + 1] = dropped end
   end
 end
+-- What a delivery mark releases per copy: nothing when no copy counts, the text's bytes when
+-- every copy does, '' (read the copy's state) when some do.
+local release = ''
+if waiting == 0 then release = '0' elseif waiting == count then release = size end
 local instances = {}
 if ARGV[10] ~= '' then
   instances = route(ARGV[1], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV, FIRST, seq,
-    size, text)
+    release, text, known)
 end
-return {0, seq, drops, instances, gone, size}
+return {0, seq, drops, instances, gone, release}
 `;
 
 /**
@@ -250,8 +272,12 @@ for i = 1, #ARGV, 5 do
   if seq then
     local m, sender = P .. 'm:' .. seq, ARGV[i + 1]
     if redis.call('HSETNX', m, 'd:' .. ARGV[i], '1') == 1 and sender ~= 'SYSTEM' then
-      local bytes = tonumber(ARGV[i + 4]) or tonumber(redis.call('HGET', m, 'b'))
-      freed[sender] = (freed[sender] or 0) + bytes
+      local bytes = tonumber(ARGV[i + 4])
+      if not bytes then
+        local v = redis.call('HMGET', m, 's:' .. ARGV[i], 'b')
+        bytes = v[1] == 'p' and tonumber(v[2]) or 0
+      end
+      if bytes > 0 then freed[sender] = (freed[sender] or 0) + bytes end
     end
   end
 end
@@ -282,7 +308,7 @@ local state = redis.call('HGET', m, 's:' .. user)
 if not state then return {0} end
 if state ~= 'a' then
   -- Not marked delivered yet: the receipt releases the copy ('d' is the state's old encoding).
-  if redis.call('HSETNX', m, 'd:' .. user, '1') == 1 and state == 'p' then release(m, ARGV[3]) end
+  if state == 'p' and redis.call('HSETNX', m, 'd:' .. user, '1') == 1 then release(m, ARGV[3]) end
   redis.call('HSET', m, 's:' .. user, 'a')
   redis.call('LREM', P .. 'in:' .. user, 1, seq)
   redis.call('INCR', P .. 'done')
@@ -326,6 +352,7 @@ for _, seq in ipairs(seqs) do
   if v[1] == user then other = peer end
   local s = redis.call('HMGET', m, 's:' .. other, 'd:' .. other)
   local state = s[1] or 'a'
+  if state == 'P' then state = 'p' end
   if state == 'p' and s[2] then state = 'd' end
   out[#out + 1] = {seq, v[1], v[2], v[3], v[4], v[5], v[6], state, v[7] or '0'}
 end
