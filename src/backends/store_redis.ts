@@ -110,7 +110,7 @@ local function forget(user, seq, popped)
   if state == 'p' and not v[5] then release(m, v[2]) end
   if state ~= 'a' then
     redis.call('INCR', P .. 'done')
-    -- Acknowledged or dropped oldest first, mostly: found near the head.
+    -- Dropped oldest first, by the cap or retention: found near the head.
     redis.call('LREM', P .. 'in:' .. user, 1, seq)
   end
   -- The oldest first, by the cap or retention: found at the head of the list.
@@ -310,6 +310,7 @@ if state ~= 'a' then
   -- Not marked delivered yet: the receipt releases the copy ('d' is the state's old encoding).
   if state == 'p' and redis.call('HSETNX', m, 'd:' .. user, '1') == 1 then release(m, ARGV[3]) end
   redis.call('HSET', m, 's:' .. user, 'a')
+  -- Receipts come mostly oldest first: found near the head.
   redis.call('LREM', P .. 'in:' .. user, 1, seq)
   redis.call('INCR', P .. 'done')
 end
