@@ -1,12 +1,21 @@
 /**
  * Cluster benchmark: throughput and latency of text messages between users
- * spread over 1, 2 and 3 server instances sharing one Redis.
+ * spread over 1, 2 and 3 server instances sharing one Redis (or one Redis
+ * Cluster).
  *
  *   npx -y deno@2.9.6 run -A bench/cluster_bench.ts [--seconds 8] [--users 60]
  *     [--window 8] [--instances 1,2,3] [--fsync always|everysec|off] [--baseline yes|no]
+ *     [--redis single|cluster|both] [--replicas 0|1] [--pin yes|no] [--commandstats yes|no]
  *
  * Each instance is a child process (`main.ts`) with `cluster.redisUrl` set;
  * Redis is a fresh `redis-server` per run (AOF with the chosen fsync policy).
+ * With `--redis cluster` it is a fresh local Redis Cluster of 3 masters
+ * (`--replicas 1`: a replica each) built by tests/_redis_cluster.ts, every
+ * node with the same AOF setting; `both` runs the single Redis and the
+ * cluster alternately for each instance count. Redis CPU per message is
+ * `INFO cpu` summed over every node (replicas included). With two cores or
+ * more and `taskset`, every Redis node runs on CPU 0 and the instances on
+ * the other CPUs (printed).
  * The load generator (this process) logs every user in on the instance
  * `index % instances`; each user sends 2001 texts to the next user, who sits
  * on another instance whenever there is more than one, keeping `window` frames
@@ -16,7 +25,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { createClient } from "redis";
+import { NodeProbes, startBenchCluster } from "./redis_nodes.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -30,8 +39,15 @@ const { values } = parseArgs({
     baseline: { type: "string", default: "yes" },
     pin: { type: "string", default: "yes" },
     commandstats: { type: "string", default: "no" },
+    redis: { type: "string", default: "single" },
+    replicas: { type: "string", default: "0" },
   },
 });
+if (!["single", "cluster", "both"].includes(values.redis!)) {
+  throw new Error(`Invalid --redis: expected single, cluster or both, got ${values.redis}`);
+}
+const REPLICAS = Number(values.replicas);
+const MASTERS = 3;
 const SECONDS = Number(values.seconds);
 const WARMUP = Number(values.warmup);
 const USERS = Number(values.users);
@@ -89,13 +105,46 @@ async function startRedis(dir: string) {
   }
   return {
     url: `redis://127.0.0.1:${port}`,
-    pid: child.pid,
+    nodes: [{ port, pid: child.pid, role: "master" as const }],
     async stop() {
       child.kill("SIGKILL");
       await child.status;
     },
   };
 }
+
+/** AOF settings of every node, as the single Redis gets them (the node's own `--dir`). */
+function aofArgs(): string[] {
+  return FSYNC === "off" ? ["--appendonly", "no"] : ["--appendonly", "yes", "--appendfsync", FSYNC];
+}
+
+/** A fresh Redis Cluster: 3 masters (and replicas), every node on the Redis CPU when pinning. */
+async function startCluster() {
+  const cluster = await startBenchCluster({
+    masters: MASTERS,
+    replicas: REPLICAS,
+    extraArgs: aofArgs(),
+    cpus: PIN ? REDIS_CPUS : undefined,
+  });
+  // Check that the nodes run with the AOF setting asked for (the harness sets its own first).
+  const probes = await NodeProbes.open(cluster.nodes);
+  try {
+    for (const client of probes.clients) {
+      const config = await client.configGet(["appendonly", "appendfsync"]);
+      const want = FSYNC === "off" ? "no" : "yes";
+      if (config.appendonly !== want || (want === "yes" && config.appendfsync !== FSYNC)) {
+        throw new Error(
+          `Redis Cluster node runs with ${JSON.stringify(config)}: not fsync=${FSYNC}`,
+        );
+      }
+    }
+  } finally {
+    await probes.close();
+  }
+  return cluster;
+}
+
+type Backend = "none" | "single" | "cluster";
 
 async function startInstance(redisUrl: string | undefined, dir: string, index: number) {
   const path = `${dir}/instance-${index}.json`;
@@ -165,32 +214,22 @@ function machineJiffies(): { busy: number; total: number } {
   return { busy: total - idle, total };
 }
 
-type Redis = ReturnType<typeof createClient>;
-
-/** Redis's own CPU seconds (main thread and helpers, user + system), from `INFO cpu`. */
-async function redisCpu(redis: Redis): Promise<number> {
-  const info = await redis.info("cpu");
-  const field = (name: string) => Number(info.match(new RegExp(`${name}:([\\d.]+)`))?.[1] ?? NaN);
-  return field("used_cpu_sys") + field("used_cpu_user");
+/** Redis's own CPU seconds (main thread and helpers, user + system) summed over every node. */
+async function redisCpu(probes: NodeProbes): Promise<number> {
+  const { user, sys } = await probes.cpu();
+  return user + sys;
 }
 
 /**
- * Entries appended so far to the delivery streams, times the instances that
- * read each: the one stream every instance reads (`im:broker`, before routing)
- * or one stream per instance (`im:{inst:<id>}:deliveries`).
+ * Entries appended so far to the delivery streams (on every master), times
+ * the instances that read each: the one stream every instance reads
+ * (`im:broker`, before routing) or one stream per instance
+ * (`im:{inst:<id>}:deliveries`).
  */
-async function entriesRead(redis: Redis, instances: number): Promise<number> {
-  const added = async (key: string) => {
-    const reply = await redis.sendCommand(["XINFO", "STREAM", key]) as unknown[];
-    const at = reply.indexOf("entries-added");
-    return at >= 0 ? Number(reply[at + 1]) : 0;
-  };
-  if (await redis.exists("im:broker")) return (await added("im:broker")) * instances;
-  let total = 0;
-  for await (const keys of redis.scanIterator({ MATCH: "im:{inst:*}:deliveries", COUNT: 1000 })) {
-    for (const key of keys) total += await added(key);
-  }
-  return total;
+async function entriesRead(probes: NodeProbes, instances: number): Promise<number> {
+  const shared = await probes.entriesAdded({ match: "im:broker" });
+  if (shared > 0) return shared * instances;
+  return await probes.entriesAdded({ match: "im:{inst:*}:deliveries" });
 }
 
 interface Client {
@@ -236,9 +275,13 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
 }
 
-async function run(count: number, withRedis = true) {
+async function run(count: number, backend: Backend) {
   const dir = await Deno.makeTempDir({ prefix: "im-cluster-bench-" });
-  const redis = withRedis ? await startRedis(dir) : undefined;
+  const redis = backend === "single"
+    ? await startRedis(dir)
+    : backend === "cluster"
+    ? await startCluster()
+    : undefined;
   const instances = [];
   for (let i = 0; i < count; i++) instances.push(await startInstance(redis?.url, dir, i));
   const clients: Client[] = [];
@@ -308,13 +351,13 @@ async function run(count: number, withRedis = true) {
 
   await new Promise((resolve) => setTimeout(resolve, WARMUP * 1000));
   // Parent pids: under taskset the child is taskset, which execs the program (same pid).
-  const pids = [redis?.pid ?? -1, ...instances.map((i) => i.pid), Deno.pid];
-  const probe = redis ? createClient({ url: redis.url }) : undefined;
-  await probe?.connect();
+  const redisPids = redis?.nodes.map((node) => node.pid) ?? [];
+  const pids = [...redisPids, ...instances.map((i) => i.pid), Deno.pid];
+  const probe = redis ? await NodeProbes.open(redis.nodes) : undefined;
   // Redis's unit costs are counted between two quiet points (nothing in flight), so that
   // every message counted is one Redis fully handled and the other way round.
   await quiesce();
-  if (probe && values.commandstats === "yes") await probe.sendCommand(["CONFIG", "RESETSTAT"]);
+  if (probe && values.commandstats === "yes") await probe.each(["CONFIG", "RESETSTAT"]);
   const redisCpuBefore = probe ? await redisCpu(probe) : NaN;
   const entriesBefore = probe ? await entriesRead(probe, count) : NaN;
   const deliveredBefore = delivered;
@@ -326,7 +369,12 @@ async function run(count: number, withRedis = true) {
   await new Promise((resolve) => setTimeout(resolve, SECONDS * 1000));
   measuring = false;
   const elapsed = (performance.now() - started) / 1000;
-  const cpu = pids.map((pid, i) => (cpuSeconds(pid) - cpuBefore[i]) / elapsed);
+  const cpuAll = pids.map((pid, i) => (cpuSeconds(pid) - cpuBefore[i]) / elapsed);
+  // One figure for Redis (every node summed), then the instances, then the load generator.
+  const cpu = [
+    redis ? cpuAll.slice(0, redisPids.length).reduce((a, b) => a + b, 0) : NaN,
+    ...cpuAll.slice(redisPids.length),
+  ];
   const machineAfter = machineJiffies();
   await quiesce();
   const counted = delivered - deliveredBefore;
@@ -334,14 +382,11 @@ async function run(count: number, withRedis = true) {
   const entries = probe ? await entriesRead(probe, count) - entriesBefore : NaN;
   if (probe && values.commandstats === "yes") {
     // Where Redis's time goes, per delivered message (scripts include the commands they call).
-    const stats = await probe.info("commandstats");
-    for (const line of stats.split("\r\n")) {
-      const match = line.match(/^cmdstat_(\S+):calls=(\d+),usec=(\d+)/);
-      if (!match || match[1].startsWith("info") || match[1] === "xinfo|stream") continue;
-      const [, name, calls, usec] = match;
+    for (const [name, { calls, usec }] of await probe.commandstats()) {
+      if (/^(info|xinfo|scan|config)/.test(name)) continue;
       console.log(
-        `  ${name}: ${(Number(calls) / counted).toFixed(2)} calls/msg, ${
-          (Number(usec) / counted).toFixed(1)
+        `  ${name}: ${(calls / counted).toFixed(2)} calls/msg, ${
+          (usec / counted).toFixed(1)
         } us/msg`,
       );
     }
@@ -366,7 +411,13 @@ async function run(count: number, withRedis = true) {
 
   latencies.sort((a, b) => a - b);
   return {
-    instances: withRedis ? String(count) : "1, memory backends, no Redis",
+    instances: backend === "single"
+      ? String(count)
+      : backend === "cluster"
+      ? `${count}, Redis Cluster ${MASTERS} masters${
+        REPLICAS > 0 ? ` + ${REPLICAS} replica each` : ""
+      }`
+      : "1, memory backends, no Redis",
     throughput: received / elapsed,
     p50: percentile(latencies, 0.5),
     p99: percentile(latencies, 0.99),
@@ -380,22 +431,38 @@ async function run(count: number, withRedis = true) {
   };
 }
 
+const BACKENDS: Backend[] = values.redis === "both"
+  ? ["single", "cluster"]
+  : [values.redis as Backend];
+const nodeCount = MASTERS * (1 + REPLICAS);
 console.log(
-  `users=${USERS} window=${WINDOW} seconds=${SECONDS} fsync=${FSYNC} cores=${CORES}`,
+  `users=${USERS} window=${WINDOW} seconds=${SECONDS} fsync=${FSYNC} cores=${CORES} redis=${values.redis}`,
 );
+if (BACKENDS.includes("cluster")) {
+  console.log(
+    `Redis Cluster: ${MASTERS} masters, ${REPLICAS} replica(s) each, ${nodeCount} nodes, ` +
+      `every node with the same AOF setting (fsync=${FSYNC}); Redis CPU per message and CPU Redis ` +
+      "are summed over every node",
+  );
+}
 console.log(
   PIN
-    ? `pinning: Redis on CPU ${REDIS_CPUS}, instances on CPU ${INSTANCE_CPUS} (taskset), load generator unpinned`
+    ? `pinning: Redis on CPU ${REDIS_CPUS}${
+      BACKENDS.includes("cluster") ? ` (all ${nodeCount} cluster nodes)` : ""
+    }, instances on CPU ${INSTANCE_CPUS} (taskset), load generator unpinned`
     : "pinning: none (taskset missing, one core, or --pin no)",
 );
 console.log(
   "| instances | msgs/s delivered | p50 ms | p99 ms | 400s | Redis CPU us/msg | entries read per msg (all instances) | CPU Redis | CPU instances | CPU load gen | CPU other processes |",
 );
 console.log("|---|---|---|---|---|---|---|---|---|---|---|");
-const runs: [number, boolean][] = COUNTS.map((count) => [count, true]);
-if (values.baseline !== "no") runs.unshift([1, false]);
-for (const [count, withRedis] of runs) {
-  const r = await run(count, withRedis);
+// With both, the single Redis and the cluster alternate for each count (drift spreads over both).
+const runs: [number, Backend][] = COUNTS.flatMap((count) =>
+  BACKENDS.map((backend): [number, Backend] => [count, backend])
+);
+if (values.baseline !== "no") runs.unshift([1, "none"]);
+for (const [count, backend] of runs) {
+  const r = await run(count, backend);
   const num = (x: number, digits: number) => Number.isNaN(x) ? "-" : x.toFixed(digits);
   const pct = (x: number) => Number.isNaN(x) ? "-" : `${Math.round(x * 100)}%`;
   console.log(

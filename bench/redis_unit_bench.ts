@@ -13,16 +13,21 @@
  * same for the same code, so two versions compare to the percent (slow: use
  * fewer messages).
  *
+ * `--cluster` runs the same against a fresh local Redis Cluster of 3 masters
+ * (tests/_redis_cluster.ts, AOF off, no replicas, every node pinned to CPU 0)
+ * with the backends opened by `openRedis` as a server opens them: Redis CPU
+ * and memory are summed over the masters, streams read on each. `--callgrind`
+ * is single-Redis only (it refuses `--cluster`).
+ *
  *   npx -y deno@2.9.6 run -A bench/redis_unit_bench.ts [--messages 30000] [--window 64]
- *     [--instances 2] [--no-registers] [--max-per-user 10000] [--callgrind]
+ *     [--instances 2] [--no-registers] [--max-per-user 10000] [--callgrind | --cluster]
  *     [--redis-args="--hash-max-listpack-value 1024"]
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import process from "node:process";
-import { createClient } from "redis";
-import { connectRedis } from "../src/backends/redis.ts";
+import { connectRedis, openRedis } from "../src/backends/redis.ts";
 import { RedisBroker } from "../src/backends/broker_redis.ts";
 import { RedisPresence } from "../src/backends/presence_redis.ts";
 import { RedisStore } from "../src/backends/store_redis.ts";
@@ -30,6 +35,7 @@ import type { Broker, BrokerHandler, Delivery } from "../src/core/broker.ts";
 import type { MessageStore } from "../src/core/store.ts";
 import type { PresenceEntry } from "../src/core/presence.ts";
 import { createLogger } from "../src/log.ts";
+import { type BenchNode, canPin, NodeProbes, startBenchCluster } from "./redis_nodes.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -41,6 +47,7 @@ const { values } = parseArgs({
     "print-pid": { type: "boolean", default: false },
     "no-registers": { type: "boolean", default: false },
     callgrind: { type: "boolean", default: false },
+    cluster: { type: "boolean", default: false },
     instances: { type: "string", default: "2" },
     "max-per-user": { type: "string", default: "10000" },
     /** Extra redis-server arguments, space separated (e.g. "--hash-max-listpack-value 1024"). */
@@ -53,6 +60,11 @@ const USERS = Number(values.users);
 /** Instances reading deliveries: A (the sender's), B (the recipients') and others holding nobody. */
 const INSTANCES = Math.max(2, Number(values.instances));
 const logger = createLogger({ level: "error", write: () => {} });
+const CLUSTER = values.cluster;
+const CALLGRIND = values.callgrind;
+if (CLUSTER && CALLGRIND) {
+  throw new Error("Invalid options: --callgrind runs a single Redis only, not with --cluster");
+}
 
 function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -61,52 +73,69 @@ function freePort(): number {
   return port;
 }
 
-function taskset(): boolean {
-  try {
-    return new Deno.Command("taskset", { args: ["-V"], stdout: "null", stderr: "null" })
-      .outputSync().success && navigator.hardwareConcurrency >= 2;
-  } catch {
-    return false;
-  }
-}
-
-const port = freePort();
-const args = [
-  "--port",
-  String(port),
-  "--bind",
-  "127.0.0.1",
-  "--save",
-  "",
-  "--appendonly",
-  "no",
-  ...values["redis-args"].split(" ").filter((arg) => arg !== ""),
-];
-const pin = taskset();
-const CALLGRIND = values.callgrind;
+const redisArgs = values["redis-args"].split(" ").filter((arg) => arg !== "");
+const pin = canPin();
 const callgrindOut = `${Deno.makeTempDirSync({ prefix: "im-callgrind-" })}/redis.out`;
-const command = CALLGRIND
-  ? ["valgrind", "--tool=callgrind", "--instr-atstart=no", `--callgrind-out-file=${callgrindOut}`]
-  : [];
-command.push("redis-server", ...args);
-if (pin) command.unshift("taskset", "-c", "0");
-const redis = new Deno.Command(command[0], {
-  args: command.slice(1),
-  stdout: "null",
-  stderr: "null",
-}).spawn();
-const url = `redis://127.0.0.1:${port}`;
-if (Deno.args.includes("--print-pid")) console.log(`redis pid ${redis.pid}`);
-for (let i = 0; i < (CALLGRIND ? 2000 : 200); i++) {
-  try {
-    (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-    break;
-  } catch {
-    await new Promise((resolve) => setTimeout(resolve, 25));
+let url: string;
+let nodes: BenchNode[];
+let stopRedis: (signal: Deno.Signal) => Promise<void>;
+let redisPid = 0;
+if (CLUSTER) {
+  // Every master runs as the single Redis does (AOF off, the same extra arguments).
+  const cluster = await startBenchCluster({
+    replicas: 0,
+    extraArgs: ["--appendonly", "no", ...redisArgs],
+    cpus: pin ? "0" : undefined,
+  });
+  url = cluster.url;
+  nodes = cluster.nodes;
+  stopRedis = () => cluster.stop();
+} else {
+  const port = freePort();
+  const args = [
+    "--port",
+    String(port),
+    "--bind",
+    "127.0.0.1",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    ...redisArgs,
+  ];
+  const command = CALLGRIND
+    ? ["valgrind", "--tool=callgrind", "--instr-atstart=no", `--callgrind-out-file=${callgrindOut}`]
+    : [];
+  command.push("redis-server", ...args);
+  if (pin) command.unshift("taskset", "-c", "0");
+  const redis = new Deno.Command(command[0], {
+    args: command.slice(1),
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  url = `redis://127.0.0.1:${port}`;
+  redisPid = redis.pid;
+  nodes = [{ port, pid: redis.pid, role: "master" }];
+  stopRedis = async (signal) => {
+    redis.kill(signal);
+    await redis.status;
+  };
+  for (let i = 0; i < (CALLGRIND ? 2000 : 200); i++) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      break;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
   }
 }
+if (values["print-pid"]) {
+  console.log(`redis pid ${nodes.map((node) => node.pid).join(" ")}`);
+}
 
-const open = (name: string) => connectRedis(url, { logger, name });
+// On a cluster, the backends open their links as a server does (openRedis detects the cluster).
+const open = (name: string) =>
+  CLUSTER ? openRedis(url, { logger, name }) : connectRedis(url, { logger, name });
 const presence = new RedisPresence(await open("presence"), { logger });
 // As cluster.ts sets them up (where the options exist: the benchmark also runs on older code).
 // A small --max-per-user measures the steady state in which each message drops a recipient's oldest.
@@ -194,37 +223,22 @@ async function run(count: number): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, 50));
 }
 
-const probe = createClient({ url });
-await probe.connect();
-const cpuSplit = async () => {
-  const info = await probe.info("cpu");
-  const field = (name: string) => Number(info.match(new RegExp(`${name}:([\\d.]+)`))?.[1]);
-  return { sys: field("used_cpu_sys"), user: field("used_cpu_user") };
-};
+const probe = await NodeProbes.open(nodes);
 let split = { sys: 0, user: 0 };
+/** Redis CPU seconds since the last call, summed over every node. */
 const cpu = async () => {
-  const now = await cpuSplit();
+  const now = await probe.cpu();
   const delta = { sys: now.sys - split.sys, user: now.user - split.user };
   split = now;
   return delta;
 };
-const streams = async () => {
-  let total = 0;
-  for await (const keys of probe.scanIterator({ TYPE: "stream", COUNT: 1000 })) {
-    for (const key of keys) {
-      const reply = await probe.sendCommand(["XINFO", "STREAM", key]) as unknown[];
-      // The old single stream is read by both instances.
-      const readers = key === "im:broker" ? INSTANCES : 1;
-      total += Number(reply[reply.indexOf("entries-added") + 1]) * readers;
-    }
-  }
-  return total;
-};
+// The old single stream is read by every instance.
+const streams = () => probe.entriesAdded({ readers: (key) => key === "im:broker" ? INSTANCES : 1 });
 
 /** Runs `callgrind_control` on Redis: `-i on` / `-i off` switches counting on and off. */
 async function callgrind(...args: string[]): Promise<void> {
   if (!CALLGRIND) return;
-  await new Deno.Command("callgrind_control", { args: [...args, String(redis.pid)] }).output();
+  await new Deno.Command("callgrind_control", { args: [...args, String(redisPid)] }).output();
 }
 
 /** The instructions callgrind counted (the `summary:` of its output file). */
@@ -233,9 +247,11 @@ async function instructions(): Promise<number> {
   return Number(text.match(/^totals: (\d+)/m)?.[1]);
 }
 
+// Memory before any message: a cluster has three empty Redis to subtract, a single Redis one.
+const memoryEmpty = await probe.memory();
 await run(Math.min(5000, MESSAGES));
 await callgrind("-i", "on");
-await probe.sendCommand(["CONFIG", "RESETSTAT"]);
+await probe.each(["CONFIG", "RESETSTAT"]);
 const entriesBefore = await streams();
 await cpu();
 const ownBefore = process.cpuUsage();
@@ -247,8 +263,15 @@ const { sys, user } = await cpu();
 const used = sys + user;
 const own = process.cpuUsage(ownBefore);
 const entries = await streams() - entriesBefore;
+const where = CLUSTER
+  ? `Redis Cluster of ${nodes.length} masters (no replicas), ${
+    pin ? "every node pinned to CPU 0" : "unpinned"
+  }, CPU and memory summed over the masters`
+  : pin
+  ? "Redis pinned to CPU 0"
+  : "Redis unpinned";
 console.log(
-  `${pin ? "Redis pinned to CPU 0" : "Redis unpinned"}; ${MESSAGES} messages in ${
+  `${where}; ${MESSAGES} messages in ${
     seconds.toFixed(1)
   } s with ${INSTANCES} instances, maxPerUser ${maxPerUser}; Redis CPU ${
     (used / MESSAGES * 1e6).toFixed(1)
@@ -261,29 +284,26 @@ console.log(
   } us/msg`,
 );
 
-if (Deno.args.includes("--commandstats")) {
-  for (const line of (await probe.info("commandstats")).split("\r\n")) {
-    const match = line.match(/^cmdstat_(\S+):calls=(\d+),usec=(\d+)/);
-    if (!match || /^(info|xinfo|scan|config)/.test(match[1])) continue;
-    const [, name, calls, usec] = match;
+if (values.commandstats) {
+  for (const [name, { calls, usec }] of await probe.commandstats()) {
+    if (/^(info|xinfo|scan|config)/.test(name)) continue;
     console.log(
-      `  ${name}: ${(Number(calls) / MESSAGES).toFixed(2)} calls/msg, ${
-        (Number(usec) / MESSAGES).toFixed(2)
+      `  ${name}: ${(calls / MESSAGES).toFixed(2)} calls/msg, ${
+        (usec / MESSAGES).toFixed(2)
       } us/msg`,
     );
   }
 }
 // Memory per stored message, and the cost of registers (presence add, the kick of the same
 // client elsewhere, the replay read) and of the disconnects that follow.
-const memory = async () => {
-  const info = await probe.info("memory");
-  return Number(info.match(/used_memory:(\d+)/)?.[1]);
-};
+const memory = () => probe.memory();
 const memoryAfterMessages = await memory();
 console.log(
   `Redis memory per stored message (1 recipient, not acknowledged, ~100-byte text): ${
     Math.round(memoryAfterMessages / (next || 1))
-  } bytes (all ${next} messages, including the warm-up)`,
+  } bytes (all ${next} messages, including the warm-up); ${
+    Math.round((memoryAfterMessages - memoryEmpty) / (next || 1))
+  } bytes less the memory before the first message`,
 );
 if (!Deno.args.includes("--no-registers")) {
   // Receipts: the recipient (on B) acknowledges each message of the measured run; the receipt
@@ -356,14 +376,12 @@ await storeA.close();
 await storeB.close();
 if (CALLGRIND) {
   // A clean exit writes callgrind's file.
-  redis.kill("SIGTERM");
-  await redis.status;
+  await stopRedis("SIGTERM");
   console.log(
     `callgrind: Redis executed ${
       Math.round(await instructions() / MESSAGES)
     } instructions per message in the measured run`,
   );
 } else {
-  redis.kill("SIGKILL");
-  await redis.status;
+  await stopRedis("SIGKILL");
 }
