@@ -36,6 +36,7 @@ export async function openRedisBackends(
   try {
     const storeClient = await open("store");
     await checkDurability(storeClient, log);
+    await checkLayout(storeClient, log);
     const presence = new RedisPresence(await open("presence"), {
       logger: logger.child("presence"),
     });
@@ -91,6 +92,26 @@ async function checkDurability(link: RedisLink, logger: Logger): Promise<void> {
     }
   } catch {
     logger.debug("Could not read the persistence settings of Redis (CONFIG is disabled)");
+  }
+}
+
+/**
+ * Warns when a single Redis holds messages in the key layout of versions
+ * before the Redis Cluster support (an `order` list and a `pending` counter):
+ * this version does not read them (docs/CLUSTER.md, "Upgrading").
+ */
+async function checkLayout(link: RedisLink, logger: Logger): Promise<void> {
+  if (link.cluster) return;
+  const old = ["im:store:order", "im:store:pending"];
+  try {
+    if (await link.send<number>(old[0], ["EXISTS", ...old]) > 0) {
+      logger.warn(
+        "Redis holds messages stored by an earlier version (keys im:store:order, " +
+          "im:store:pending): this version does not read them; see docs/CLUSTER.md, Upgrading",
+      );
+    }
+  } catch {
+    // Not reachable: the first call that needs Redis says so.
   }
 }
 
