@@ -1,8 +1,6 @@
 import { brokerConformance } from "./broker_conformance.ts";
 import { RedisServer, SKIP_REASON } from "./_redis.ts";
-import type { Broker } from "../src/core/broker.ts";
-import { RedisBroker } from "../src/backends/broker_redis.ts";
-import { RedisPresence } from "../src/backends/presence_redis.ts";
+import { redisBrokerBackend } from "./_redis_broker.ts";
 import { connectRedis } from "../src/backends/redis.ts";
 import { RedisLayout } from "../src/backends/redis_layout.ts";
 import { createLogger } from "../src/log.ts";
@@ -15,27 +13,7 @@ if (SKIP_REASON === undefined) {
       const redis = await RedisServer.start();
       const logger = createLogger({ level: "error", write: () => {} });
       const connect = (name: string) => connectRedis(redis.url, { logger, name });
-      const brokers: Broker[] = [];
-      // Shared presence: a broker that routes by it finds the instances holding each user.
-      const presence = new RedisPresence(await connect("presence"), { logger, layout });
-      return {
-        maxInstances: 3,
-        async broker() {
-          const broker = new RedisBroker(await connect("publish"), await connect("read"), {
-            logger,
-            layout,
-          });
-          brokers.push(broker);
-          return broker;
-        },
-        connected: (userId, clientName, instance) =>
-          presence.add({ userId, clientName, instance, since: Date.now() }),
-        async cleanup() {
-          await Promise.all(brokers.map((broker) => broker.close()));
-          await presence.close();
-          await redis.kill();
-        },
-      };
+      return await redisBrokerBackend(connect, { logger, layout }, () => redis.kill());
     });
   }
 } else {

@@ -11,11 +11,10 @@ import { startServer } from "./_helpers.ts";
 import { eventually, SKIP_REASON } from "./_redis.ts";
 import { RedisCluster, redisCommand } from "./_redis_cluster.ts";
 import { brokerConformance } from "./broker_conformance.ts";
+import { redisBrokerBackend } from "./_redis_broker.ts";
 import { presenceConformance } from "./presence_conformance.ts";
 import { sessionsConformance } from "./sessions_conformance.ts";
 import { storeConformance } from "./store_conformance.ts";
-import type { Broker } from "../src/core/broker.ts";
-import { RedisBroker } from "../src/backends/broker_redis.ts";
 import { RedisPresence } from "../src/backends/presence_redis.ts";
 import { openRedis, type RedisLink } from "../src/backends/redis.ts";
 import { CLUSTER_GROUPS, RedisLayout } from "../src/backends/redis_layout.ts";
@@ -79,22 +78,7 @@ if (!ignore) {
 
   brokerConformance("RedisBroker on a Redis Cluster", async () => {
     await emptyCluster();
-    const brokers: Broker[] = [];
-    const presence = new RedisPresence(await open("presence"), { logger });
-    return {
-      maxInstances: 3,
-      async broker() {
-        const broker = new RedisBroker(await open("publish"), await open("read"), { logger });
-        brokers.push(broker);
-        return broker;
-      },
-      connected: (userId, clientName, instance) =>
-        presence.add({ userId, clientName, instance, since: Date.now() }),
-      async cleanup() {
-        await Promise.all(brokers.map((broker) => broker.close()));
-        await presence.close();
-      },
-    };
+    return await redisBrokerBackend(open, { logger });
   });
 
   sessionsConformance("RedisSessionStore on a Redis Cluster", async (ttlSeconds) => {
