@@ -350,3 +350,41 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "RedisStore (cluster layout): a resend completes the groups a refused send missed",
+  ignore: SKIP_REASON !== undefined,
+  async fn() {
+    await using redis = await RedisServer.start();
+    const { logger } = capture();
+    const layout = RedisLayout.cluster();
+    const client = await connectRedis(redis.url, { logger, name: "test" });
+    // 100-character texts, 150 bytes of quota per sender and group.
+    const store = new RedisStore(client, { logger, layout, maxPendingBytesPerSender: 150 });
+    const [b, c] = sameGroup(layout, 2);
+    let a = "a0";
+    for (let i = 1; layout.group(a) === layout.group(b); i++) a = `a${i}`;
+    const frame = (id: string, to: string[]) => ({
+      ...message("s", id, to),
+      text: "x".repeat(100),
+    });
+    try {
+      assertEquals(await store.accept(frame("m0", [c])), { duplicate: false });
+      // a's group stores m1; b's group is past the quota.
+      assertEquals(await store.accept(frame("m1", [a, b])), { duplicate: false, overQuota: true });
+      assertEquals(ids(await allUnacknowledged(store, a)), ["m1"]);
+      assertEquals(ids(await allUnacknowledged(store, b)), []);
+      await store.markDelivered(c, [{ sender: "s", id: "m0" }]);
+      // The same message again: b's group stores it now, a's answers duplicate (no second copy).
+      assertEquals(await store.accept(frame("m1", [a, b])), { duplicate: false });
+      assertEquals(ids(await allUnacknowledged(store, a)), ["m1"]);
+      assertEquals(ids(await allUnacknowledged(store, b)), ["m1"]);
+      assertEquals(await store.accept(frame("m1", [a, b])), { duplicate: true });
+      // Its id to other recipients is a duplicate, stored nowhere.
+      assertEquals(await store.accept(frame("m1", [c])), { duplicate: true });
+      assertEquals(ids(await allUnacknowledged(store, c)), ["m0"]);
+    } finally {
+      await store.close();
+    }
+  },
+});

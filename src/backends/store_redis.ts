@@ -401,39 +401,43 @@ return {dropped, unacked, looked, gone}
 
 /**
  * On a Redis Cluster a message is known by its sender in the sender's group:
- * `d:{sender}\0{id}` is 'p' while its copies are being stored, then the
- * number of groups holding a copy; it expires with the retention period.
- * KEYS[1]: the sender's store prefix. ARGV: presence prefix, sender, id, ttl
- * (s), origin, echo user ('' for none), then nothing. Returns {1} when the
- * message is known (a duplicate), else {0, instances holding the echo user}
- * and marks it 'p'.
+ * `d:{sender}\0{id}` = `{groups}\0{recipients fingerprint}`, the number of
+ * groups holding a copy and a hash of its recipient list; it expires with the
+ * retention period and is released as the copies go (RELEASE). KEYS[1]: the
+ * sender's store prefix. ARGV: presence prefix, sender, id, ttl (s), origin,
+ * echo user ('' for none), fingerprint, groups. Returns {1} when the id is
+ * known with other recipients (a duplicate), else {0, instances holding the
+ * echo user}: a new message, or a resend of the same one (its groups then
+ * store what they miss and answer duplicate for the rest).
  */
 const CLAIM = ROUTE_LUA + `
 local key = KEYS[1] .. 'd:' .. ARGV[2] .. '\\0' .. ARGV[3]
 local prior = redis.call('GET', key)
-if prior and prior ~= 'p' then return {1} end
-if not prior then redis.call('SET', key, 'p', 'EX', ARGV[4]) end
+if prior then
+  if string.sub(prior, string.find(prior, '\\0', 1, true) + 1) ~= ARGV[7] then return {1} end
+else
+  redis.call('SET', key, ARGV[8] .. '\\0' .. ARGV[7], 'EX', ARGV[4])
+end
 local instances = {}
-if ARGV[6] ~= '' then instances = route(ARGV[1], 'r', '', '', ARGV[5], ARGV[6], ARGV, 7, nil) end
+if ARGV[6] ~= '' then instances = route(ARGV[1], 'r', '', '', ARGV[5], ARGV[6], ARGV, 9, nil) end
 return {0, instances}
 `;
 
 /**
- * KEYS[1]: the sender's store prefix. ARGV: sender, id, groups: the message
- * is stored in that many groups (a claim made by CLAIM). Then
- * sender, id… pairs (`gone`) of messages whose copy in a group was removed.
+ * KEYS[1]: the sender's store prefix. ARGV: sender, id pairs of messages
+ * whose copy in a group was removed (the cap, retention): their claims count
+ * one group less, and go with the last.
  */
-const SETTLE = `
+const RELEASE = `
 local P = KEYS[1]
-for i = 1, #ARGV, 3 do
+for i = 1, #ARGV, 2 do
   local key = P .. 'd:' .. ARGV[i] .. '\\0' .. ARGV[i + 1]
-  local change = ARGV[i + 2]
   local prior = redis.call('GET', key)
-  if change ~= '-1' then
-    if prior then redis.call('SET', key, change, 'KEEPTTL') end
-  elseif prior and prior ~= 'p' then
-    if tonumber(prior) <= 1 then redis.call('DEL', key)
-    else redis.call('SET', key, tonumber(prior) - 1, 'KEEPTTL') end
+  if prior then
+    local cut = string.find(prior, '\\0', 1, true)
+    local groups = tonumber(string.sub(prior, 1, cut - 1))
+    if groups <= 1 then redis.call('DEL', key)
+    else redis.call('SET', key, (groups - 1) .. string.sub(prior, cut), 'KEEPTTL') end
   end
 end
 return 1
@@ -454,7 +458,7 @@ return 1
 const SCRIPTS = {
   CLAIM,
   REVOKE,
-  SETTLE,
+  RELEASE,
   ACCEPT,
   UNACKNOWLEDGED,
   MARK_DELIVERED,
@@ -715,6 +719,8 @@ export class RedisStore implements MessageStore {
         delivery?.origin?.instance ?? "",
         // The sender's other devices, unless the sender's group stores a copy (it routes them).
         groups.has(own) ? "" : echo,
+        fingerprint(message.recipients),
+        String(groups.size),
       ]),
     ) as Promise<[1] | [0, string[]]>;
     const entries = [...groups];
@@ -770,10 +776,7 @@ export class RedisStore implements MessageStore {
       }
     }
     const complete = failed === undefined && !overQuota;
-    const settled = this.#settle(
-      complete ? [message.sender, message.id, String(groups.size)] : [],
-      gone.flat(),
-    );
+    const released = this.#release(gone.flat());
     if (delivery && instances.size + claim[1].length > 0) {
       if (complete && duplicates < groups.size) {
         for (const instance of claim[1]) instances.add(instance);
@@ -787,33 +790,31 @@ export class RedisStore implements MessageStore {
       });
       // (On a cluster the frame text goes inside the entry: its append is a command of its own.)
     }
-    await settled;
+    await released;
     if (failed !== undefined) throw failed;
     if (overQuota) return { duplicate: false, overQuota: true };
     return { duplicate: duplicates === groups.size };
   }
 
   /**
-   * Records that a claimed message is stored in all its groups (`done`:
-   * sender, id, groups) and that the copies `gone` (sender, id pairs) were
-   * removed; each in the sender's group. Failures are logged: a claim left
-   * 'p' only makes a resend store again where copies are missing, and a
-   * claim expires with the retention period.
+   * Releases, in each sender's group, the claims of the messages whose copy
+   * in a group was removed (`gone`: sender, id pairs). Failures are logged:
+   * a claim left behind only answers a resend duplicate until it expires
+   * with the retention period.
    */
-  async #settle(done: string[], gone: string[]): Promise<void> {
+  async #release(gone: string[]): Promise<void> {
+    if (gone.length === 0) return;
     const byGroup = new Map<number, string[]>();
-    const add = (sender: string, id: string, change: string) => {
-      const k = this.#layout.group(sender);
+    for (let i = 0; i < gone.length; i += 2) {
+      const k = this.#layout.group(gone[i]);
       const list = byGroup.get(k);
-      if (list) list.push(sender, id, change);
-      else byGroup.set(k, [sender, id, change]);
-    };
-    if (done.length > 0) add(done[0], done[1], done[2]);
-    for (let i = 0; i < gone.length; i += 2) add(gone[i], gone[i + 1], "-1");
+      if (list) list.push(gone[i], gone[i + 1]);
+      else byGroup.set(k, [gone[i], gone[i + 1]]);
+    }
     await Promise.all(
       [...byGroup].map(([k, args]) =>
-        this.#run("SETTLE", k, args).catch((error) =>
-          this.#logger?.debug("Could not settle a message's claim", { error })
+        this.#run("RELEASE", k, args).catch((error) =>
+          this.#logger?.debug("Could not release a message's claim", { error })
         )
       ),
     );
@@ -1047,7 +1048,7 @@ export class RedisStore implements MessageStore {
           cutoff,
           String(this.#sweepBatch),
         ]) as [number, number, number, string[]];
-        if (this.#layout.groups > 1) await this.#settle([], gone);
+        if (this.#layout.groups > 1) await this.#release(gone);
         dropped += count;
         unacknowledged += unacked;
         // Fewer than a batch looked at: the rest of the group is within the retention period.
@@ -1068,6 +1069,19 @@ export class RedisStore implements MessageStore {
   close(): Promise<void> {
     return this.#link.close();
   }
+}
+
+/** A short hash of a recipient list (FNV-1a): tells a resend from another message with its id. */
+function fingerprint(recipients: readonly string[]): string {
+  let hash = 0x811c9dc5;
+  for (const user of recipients) {
+    for (let i = 0; i < user.length; i++) {
+      hash ^= user.charCodeAt(i);
+      hash = Math.imul(hash, 0x01000193);
+    }
+    hash = Math.imul(hash ^ 0xff, 0x01000193);
+  }
+  return (hash >>> 0).toString(16);
 }
 
 /** Whether HISTORY row `a` was accepted after `b` (by acceptedAt, then order stamp). */
