@@ -331,6 +331,7 @@ export class RedisBroker implements Broker {
         })
       );
     }
+    this.#router.outbox.close();
     await Promise.all([dropped, this.#writer.close()]);
   }
 }

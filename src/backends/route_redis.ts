@@ -24,7 +24,7 @@
  */
 import type { Delivery } from "../core/broker.ts";
 import type { Logger } from "../log.ts";
-import { KEY_PREFIX, type RedisLink, RedisScripts } from "./redis.ts";
+import { isUnavailable, KEY_PREFIX, type RedisLink, RedisScripts } from "./redis.ts";
 import { deliveryStream, type RedisLayout } from "./redis_layout.ts";
 
 /** The text of a stream entry carrying `delivery`. */
@@ -109,17 +109,34 @@ export interface Append {
   body?: string;
 }
 
+/** Entries held for one stream while its master cannot be reached, at most (the oldest go). */
+const HELD_PER_STREAM = 10_000;
+/** Milliseconds between attempts to hand held entries to a stream. */
+const RETRY_MS = 250;
+
 /**
  * Appends entries to instance streams in the order their calls were made
  * (`reserve` at the call, `fill` when its scripts answered), so that two
  * messages from one sender reach a stream in the order they were sent even
  * when their scripts ran on different masters.
+ *
+ * An append that fails because the stream's master is unreachable (it died,
+ * and its replica is not serving yet) is held, with every later entry for
+ * that stream, and tried again every 250 ms until it goes through: the
+ * recipients connected to that instance still get their messages live once
+ * the failover is done, in order. An instance that stopped meanwhile has no
+ * stream any more (`NOMKSTREAM` answers nil): its held entries are dropped.
  */
 export class Outbox {
   #link: RedisLink;
   #maxLength: string;
   #logger: Logger;
   #queue: { appends?: Append[]; done: PromiseWithResolvers<void> }[] = [];
+  /** Appends (their XADD arguments) waiting for their stream's master, by stream. */
+  #held = new Map<string, string[][]>();
+  #timer?: ReturnType<typeof setTimeout>;
+  #retrying = false;
+  #closed = false;
 
   constructor(link: RedisLink, maxLength: number, logger: Logger) {
     this.#link = link;
@@ -130,8 +147,7 @@ export class Outbox {
   /**
    * Takes the next place in line. Call `fill` on it exactly once (with [] when
    * nothing is to be appended); the promise it returns resolves when its
-   * appends are answered (a failed append is logged, not thrown: the message
-   * is stored, and replayed at the recipient's next register).
+   * appends are answered or held (a held append is not an error: see above).
    */
   reserve(): { fill(appends: Append[]): Promise<void> } {
     const slot: { appends?: Append[]; done: PromiseWithResolvers<void> } = {
@@ -145,6 +161,20 @@ export class Outbox {
         return slot.done.promise;
       },
     };
+  }
+
+  /** Entries held for streams whose master could not be reached (for tests and metrics). */
+  get held(): number {
+    let count = 0;
+    for (const entries of this.#held.values()) count += entries.length;
+    return count;
+  }
+
+  /** Stops retrying; held entries are dropped (their messages are stored). */
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#held.clear();
   }
 
   #flush(): void {
@@ -167,25 +197,82 @@ export class Outbox {
           ];
           if (body !== undefined) args.push("t", body);
           if (seq !== undefined) args.push("s", seq, "b", bytes ?? "");
-          sent.push(this.#link.send(stream, args));
+          // Behind entries already held for this stream: they go first.
+          if (this.#held.has(stream)) this.#hold(stream, args);
+          else sent.push(this.#link.send(stream, args).catch((error) => this.#failed(args, error)));
         }
       }
-      if (sent.length === 0) {
-        done.resolve();
-        continue;
-      }
-      Promise.allSettled(sent).then((results) => {
-        for (const result of results) {
-          if (result.status === "rejected") {
-            this.#logger.warn(
-              "Could not hand a delivery to an instance: its recipients get it at their next register",
-              { error: result.reason },
-            );
+      if (sent.length === 0) done.resolve();
+      else Promise.all(sent).then(() => done.resolve());
+    }
+  }
+
+  /** An append failed: held for a retry when its master is unreachable, else dropped. */
+  #failed(args: string[], error: unknown): void {
+    if (this.#closed) return;
+    if (!isUnavailable(error)) {
+      this.#logger.warn(
+        "Could not hand a delivery to an instance: its recipients get it at their next register",
+        { error },
+      );
+      return;
+    }
+    if (!this.#held.has(args[1])) {
+      this.#logger.warn("An instance's stream is unreachable: holding its deliveries", {
+        stream: args[1],
+        error: error instanceof Error ? error.message : String(error),
+      });
+    }
+    this.#hold(args[1], args);
+  }
+
+  #hold(stream: string, args: string[]): void {
+    let entries = this.#held.get(stream);
+    if (!entries) this.#held.set(stream, entries = []);
+    entries.push(args);
+    if (entries.length > HELD_PER_STREAM) {
+      entries.shift();
+      this.#logger.warn(
+        "Too many deliveries held for an unreachable stream: the oldest is dropped " +
+          "(its recipients get it at their next register)",
+        { stream },
+      );
+    }
+    this.#retrySoon();
+  }
+
+  #retrySoon(): void {
+    if (this.#timer !== undefined || this.#retrying || this.#closed) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#retry();
+    }, RETRY_MS);
+  }
+
+  /** Hands each stream's held entries over, oldest first, until one fails again. */
+  async #retry(): Promise<void> {
+    this.#retrying = true;
+    try {
+      for (const [stream, entries] of this.#held) {
+        while (entries.length > 0 && !this.#closed) {
+          try {
+            // nil: the stream is gone (its instance stopped); its entries with it.
+            if (await this.#link.send(stream, entries[0]) === null) entries.length = 0;
+            else entries.shift();
+          } catch {
             break;
           }
         }
-        done.resolve();
-      });
+        if (entries.length === 0) {
+          this.#held.delete(stream);
+          this.#logger.info("An instance's stream is reachable again: held deliveries sent", {
+            stream,
+          });
+        }
+      }
+    } finally {
+      this.#retrying = false;
+      if (this.#held.size > 0) this.#retrySoon();
     }
   }
 }

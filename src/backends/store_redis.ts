@@ -1067,6 +1067,7 @@ export class RedisStore implements MessageStore {
   }
 
   close(): Promise<void> {
+    this.#router?.outbox.close();
     return this.#link.close();
   }
 }
