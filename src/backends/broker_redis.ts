@@ -108,6 +108,8 @@ export interface RedisBrokerOptions {
   renewMs?: number;
   /** Key layout; by default the writer's ({@link RedisLayout.of}). */
   layout?: RedisLayout;
+  /** Deliveries held per stream while its master is unreachable. @default 10000 */
+  maxHeld?: number;
 }
 
 type StreamReply = [string, [string, string[]][]][] | null;
@@ -155,7 +157,7 @@ export class RedisBroker implements Broker {
     this.#renewMs = options.renewMs ?? Math.max(1, Math.floor(this.#ttlMs / 3));
     this.#scripts = new RedisScripts(this.#writer, "Broker", SCRIPTS, options.logger);
     const layout = options.layout ?? RedisLayout.of(this.#writer);
-    this.#router = new Router(this.#writer, layout, maxLength, options.logger);
+    this.#router = new Router(this.#writer, layout, maxLength, options.logger, options.maxHeld);
     this.#reader.onReady(() => this.#wake?.());
     // Back after an outage: be a delivery target again at once rather than at the next timer.
     this.#writer.onReady(() => {

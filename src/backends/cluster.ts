@@ -48,7 +48,7 @@ export async function openRedisBackends(
       // Presence entries route deliveries: a replay reads the store only once they are written.
       beforeReplay: (userId) => presence.added(userId),
       // Accept (or acknowledge) and publish in one script: one round trip per message.
-      publish: { maxLength: STREAM_LENGTH },
+      publish: { maxLength: STREAM_LENGTH, maxHeld: config.cluster.maxHeldDeliveries },
       waitReplicas: {
         replicas: config.cluster.redisWait,
         timeoutMs: config.cluster.redisWaitTimeoutMs,
@@ -57,6 +57,7 @@ export async function openRedisBackends(
     const broker = new RedisBroker(await open("publish"), await open("read"), {
       logger: logger.child("broker"),
       maxLength: STREAM_LENGTH,
+      maxHeld: config.cluster.maxHeldDeliveries,
     });
     const sessions = new RedisSessionStore(await open("sessions"), config.auth.sessionTtlSeconds);
     log.info(

@@ -109,8 +109,6 @@ export interface Append {
   body?: string;
 }
 
-/** Entries held for one stream while its master cannot be reached, at most (the oldest go). */
-const HELD_PER_STREAM = 10_000;
 /** Milliseconds between attempts to hand held entries to a stream. */
 const RETRY_MS = 250;
 
@@ -122,7 +120,8 @@ const RETRY_MS = 250;
  *
  * An append that fails because the stream's master is unreachable (it died,
  * and its replica is not serving yet) is held, with every later entry for
- * that stream, and tried again every 250 ms until it goes through: the
+ * that stream (up to `cluster.maxHeldDeliveries` per stream, the oldest
+ * dropped past it), and tried again every 250 ms until it goes through: the
  * recipients connected to that instance still get their messages live once
  * the failover is done, in order. An instance that stopped meanwhile has no
  * stream any more (`NOMKSTREAM` answers nil): its held entries are dropped.
@@ -137,11 +136,14 @@ export class Outbox {
   #timer?: ReturnType<typeof setTimeout>;
   #retrying = false;
   #closed = false;
+  /** Entries held for one stream while its master cannot be reached, at most (the oldest go). */
+  #maxHeld: number;
 
-  constructor(link: RedisLink, maxLength: number, logger: Logger) {
+  constructor(link: RedisLink, maxLength: number, logger: Logger, maxHeld = 10_000) {
     this.#link = link;
     this.#maxLength = String(maxLength);
     this.#logger = logger;
+    this.#maxHeld = maxHeld;
   }
 
   /**
@@ -230,7 +232,7 @@ export class Outbox {
     let entries = this.#held.get(stream);
     if (!entries) this.#held.set(stream, entries = []);
     entries.push(args);
-    if (entries.length > HELD_PER_STREAM) {
+    if (entries.length > this.#maxHeld) {
       entries.shift();
       this.#logger.warn(
         "Too many deliveries held for an unreachable stream: the oldest is dropped " +
@@ -289,11 +291,17 @@ export class Router {
   #maxLength: string;
   readonly outbox: Outbox;
 
-  constructor(link: RedisLink, layout: RedisLayout, maxLength: number, logger: Logger) {
+  constructor(
+    link: RedisLink,
+    layout: RedisLayout,
+    maxLength: number,
+    logger: Logger,
+    maxHeld?: number,
+  ) {
     this.#layout = layout;
     this.#maxLength = String(maxLength);
     this.#scripts = new RedisScripts(link, "Broker", { ROUTE }, logger);
-    this.outbox = new Outbox(link, maxLength, logger);
+    this.outbox = new Outbox(link, maxLength, logger, maxHeld);
   }
 
   /**

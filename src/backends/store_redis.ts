@@ -497,7 +497,7 @@ export interface RedisStoreOptions {
    * script, to instance streams of this length (the broker's `maxLength`):
    * one round trip per message, and publishes ordered with the store's calls.
    */
-  publish?: { maxLength: number };
+  publish?: { maxLength: number; maxHeld?: number };
   /**
    * Replicas that must confirm an accept or acknowledge (Redis `WAIT`)
    * before it resolves; when fewer do within `timeoutMs`, it rejects as
@@ -560,7 +560,8 @@ export class RedisStore implements MessageStore {
     const logger = options.logger ?? createLogger({ level: "error" });
     this.#scripts = new RedisScripts(this.#link, "Storage", SCRIPTS, logger);
     if (options.publish) {
-      this.#router = new Router(this.#link, this.#layout, options.publish.maxLength, logger);
+      const { maxLength, maxHeld } = options.publish;
+      this.#router = new Router(this.#link, this.#layout, maxLength, logger, maxHeld);
     }
   }
 

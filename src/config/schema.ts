@@ -189,6 +189,11 @@ export const ConfigSchema = z.strictObject({
     redisWait: z.number().int().min(0).max(16).default(0),
     /** Most milliseconds a 200 waits for those replicas; past it the send answers 400. */
     redisWaitTimeoutMs: z.number().int().min(1).max(60_000).default(1000),
+    /**
+     * Deliveries held per instance stream while the Redis Cluster master holding it is unreachable
+     * (a failover), sent once it is back; past it the oldest are dropped (their messages are stored).
+     */
+    maxHeldDeliveries: z.number().int().min(0).max(1_000_000).default(10_000),
   }).prefault({}),
   log: z.strictObject({
     level: LogLevel.default("info"),
