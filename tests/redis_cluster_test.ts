@@ -254,10 +254,16 @@ Deno.test({
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
     })();
-    await eventually(async () => answered.length >= 5 || undefined, "sends before the kill");
+    await eventually(
+      () => Promise.resolve(answered.length >= 5 || undefined),
+      "sends before the kill",
+    );
     await cluster.killMasterOf(stream);
     const after = answered.length;
-    await eventually(async () => answered.length >= after + 10 || undefined, "sends after it");
+    await eventually(
+      () => Promise.resolve(answered.length >= after + 10 || undefined),
+      "sends after it",
+    );
     sending = false;
     await sender;
     const got: string[] = [];

@@ -39,7 +39,6 @@
  */
 import type { Broker, BrokerHandler, Delivery, Kick } from "../core/broker.ts";
 import type { Logger } from "../log.ts";
-import type { SequencedKey } from "./store_redis.ts";
 import {
   guard,
   KEY_PREFIX,
@@ -49,7 +48,7 @@ import {
   RedisScripts,
 } from "./redis.ts";
 import { deliveryStream, RedisLayout } from "./redis_layout.ts";
-import { Router } from "./route_redis.ts";
+import { Router, type SequencedKey } from "./route_redis.ts";
 
 export { deliveryStream };
 

@@ -23,9 +23,16 @@
  * @module
  */
 import type { Delivery } from "../core/broker.ts";
+import type { MessageKey } from "../core/store.ts";
 import type { Logger } from "../log.ts";
 import { isUnavailable, KEY_PREFIX, type RedisLink, RedisScripts } from "./redis.ts";
 import { deliveryStream, type RedisLayout } from "./redis_layout.ts";
+
+/**
+ * A stored message's key as read from a stream entry the store routed: with
+ * its sequence and text bytes (the delivery mark then needs no lookup).
+ */
+export type SequencedKey = MessageKey & { seq?: string; bytes?: string };
 
 /** The text of a stream entry carrying `delivery`. */
 export const deliveryEntry = (delivery: Delivery): string => JSON.stringify(["d", delivery]);
