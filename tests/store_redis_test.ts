@@ -388,3 +388,33 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "RedisStore (cluster layout): the claim rides with the copy in the sender's own group",
+  ignore: SKIP_REASON !== undefined,
+  async fn() {
+    await using redis = await RedisServer.start();
+    const { logger } = capture();
+    const layout = RedisLayout.cluster();
+    const client = await connectRedis(redis.url, { logger, name: "test" });
+    const store = new RedisStore(client, { logger, layout });
+    // s and b share a group; c is in another.
+    const [s, b] = sameGroup(layout, 2);
+    let c = "c0";
+    for (let i = 1; layout.group(c) === layout.group(s); i++) c = `c${i}`;
+    try {
+      assertEquals(await store.accept(message(s, "m1", [b])), { duplicate: false });
+      assertEquals(await store.accept(message(s, "m1", [b])), { duplicate: true });
+      // Its id to other recipients (another group) is a duplicate, stored nowhere.
+      assertEquals(await store.accept(message(s, "m1", [b, c])), { duplicate: true });
+      assertEquals(ids(await allUnacknowledged(store, c)), []);
+      // And the other way round: claimed by a script of its own, refused in the sender's group.
+      assertEquals(await store.accept(message(s, "m2", [c])), { duplicate: false });
+      assertEquals(await store.accept(message(s, "m2", [b])), { duplicate: true });
+      assertEquals(ids(await allUnacknowledged(store, b)), ["m1"]);
+      assertEquals(await store.pendingCount(), 2);
+    } finally {
+      await store.close();
+    }
+  },
+});

@@ -113,7 +113,7 @@ export interface RedisStoreOptions {
   layout?: RedisLayout;
 }
 
-type AcceptReply = [0, string, string[], string[], string[], string] | [1] | [2];
+type AcceptReply = [0, string, string[], string[], string[], string] | [1] | [2] | [3];
 
 /** Messages and delivery states in Redis, shared by every instance. */
 export class RedisStore implements MessageStore {
@@ -238,10 +238,13 @@ export class RedisStore implements MessageStore {
           ...this.#acceptArgs(message),
           ...this.#routeArgs(delivery, delivery?.echoTo ?? "", delivery?.text === message.text),
           "",
+          "",
+          "",
+          "",
           ...message.recipients,
         ]),
       ) as AcceptReply;
-      if (reply[0] === 1) return { duplicate: true };
+      if (reply[0] === 1 || reply[0] === 3) return { duplicate: true };
       if (reply[0] === 2) return { duplicate: false, overQuota: true };
       this.#logDrops(reply[2]);
       return { duplicate: false };
@@ -312,8 +315,12 @@ export class RedisStore implements MessageStore {
     const own = layout.group(message.sender);
     const groups = layout.split(message.recipients);
     const echo = delivery?.echoTo ?? "";
-    // Claimed alongside the copies, so that every call is sent now, in call order.
-    const claiming = this.#replicated(
+    const print = fingerprint(message.recipients);
+    // Claimed alongside the copies, so that every call is sent now, in call order: by the copy's
+    // script when the sender's group stores one, else by a script of its own (which also finds
+    // the sender's other devices).
+    const claimArgs = [print, String(groups.size), String(this.#claimSeconds)];
+    const claiming = groups.has(own) ? undefined : this.#replicated(
       own,
       this.#run("CLAIM", own, [
         layout.presence(own),
@@ -321,12 +328,15 @@ export class RedisStore implements MessageStore {
         message.id,
         String(this.#claimSeconds),
         delivery?.origin?.instance ?? "",
-        // The sender's other devices, unless the sender's group stores a copy (it routes them).
-        groups.has(own) ? "" : echo,
-        fingerprint(message.recipients),
+        echo,
+        print,
         String(groups.size),
       ]),
-    ) as Promise<[1] | [0, string[]]>;
+    ).then(
+      (reply) => reply as [1] | [0, string[]],
+      // Settled here: the copies are awaited first, and a rejection must not go unhandled.
+      (error: unknown) => error instanceof Error ? error : new Error(String(error)),
+    );
     const entries = [...groups];
     const stamp = this.#stamp();
     const storing = Promise.allSettled(entries.map(([k, users]) =>
@@ -337,14 +347,23 @@ export class RedisStore implements MessageStore {
           ...this.#acceptArgs(message),
           ...this.#routeArgs(delivery, k === own ? echo : ""),
           stamp,
+          ...(k === own ? claimArgs : ["", "", ""]),
           ...users,
         ]),
       ) as Promise<AcceptReply>
     ));
-    const [claim, replies] = await Promise.all([
-      claiming.catch((error) => error instanceof Error ? error : new Error(String(error))),
-      storing,
-    ]);
+    const replies = await storing;
+    let claim: Error | [1] | [0, string[]];
+    if (claiming) {
+      claim = await claiming;
+    } else {
+      const mine = replies[entries.findIndex(([k]) => k === own)];
+      claim = mine.status === "rejected"
+        ? (mine.reason instanceof Error ? mine.reason : new Error(String(mine.reason)))
+        : mine.value[0] === 3
+        ? [1]
+        : [0, []];
+    }
     if (claim instanceof Error || claim[0] === 1) {
       // Known already (or unknown whether): take back the copies this call stored.
       await Promise.all(replies.map((reply, i) => {
@@ -368,7 +387,7 @@ export class RedisStore implements MessageStore {
         continue;
       }
       const value = reply.value;
-      if (value[0] === 1) duplicates++;
+      if (value[0] === 1 || value[0] === 3) duplicates++;
       else if (value[0] === 2) overQuota = true;
       else {
         const [, stored, drops, found, dropped, size] = value;

@@ -73,8 +73,11 @@ end
  * inline, 'r' return the instances), entry text (inline), stream max length,
  * origin instance, echo user ('' for none), order stamp ('' for none: on a
  * Redis Cluster, history orders the copies of two groups by acceptedAt, then
- * by it), then the recipients of this group. Returns {status, seq, drops, instances, gone}: status 1 for a
- * duplicate, 2 past the sender's quota (nothing stored), else 0; drops lists
+ * by it), the claim's fingerprint, groups and ttl when this is the sender's
+ * own group on a Redis Cluster (see CLAIM; '' for none), then the recipients
+ * of this group. Returns {status, seq, drops, instances, gone}: status 1 for a
+ * duplicate, 2 past the sender's quota (nothing stored), 3 when the claim
+ * finds the id known with other recipients (nothing stored), else 0; drops lists
  * user, sender, id of each unacknowledged message the per-user cap dropped;
  * instances are those holding the recipients (or the echo user), see
  * ROUTE_LUA; gone lists sender, id of each message whose copy in this group
@@ -82,7 +85,17 @@ end
  */
 const ACCEPT = PRELUDE + ROUTE_LUA + `
 local sender, id, text = ARGV[2], ARGV[3], ARGV[5]
-local FIRST = 16
+local FIRST = 19
+-- The claim of (sender, id), when this group is the sender's (CLAIM, without a script of its own).
+if ARGV[16] ~= '' then
+  local claim = P .. 'd:' .. sender .. '\\0' .. id
+  local prior = redis.call('GET', claim)
+  if prior then
+    if string.sub(prior, string.find(prior, '\\0', 1, true) + 1) ~= ARGV[16] then return {3} end
+  else
+    redis.call('SET', claim, ARGV[17] .. '\\0' .. ARGV[16], 'EX', ARGV[18])
+  end
+end
 local count = #ARGV - FIRST + 1
 -- Numbers as strings once: Lua formats a number with sprintf each time it passes one on.
 local scount, size = tostring(count), tostring(string.len(text))
