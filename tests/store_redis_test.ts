@@ -40,6 +40,17 @@ function sameGroup(layout: RedisLayout, count: number): string[] {
   return names;
 }
 
+/** A store with the cluster's key layout on `redis` (a single Redis). */
+async function clusterLayoutStore(
+  redis: RedisServer,
+  options: { maxPendingBytesPerSender?: number } = {},
+): Promise<{ store: RedisStore; layout: RedisLayout }> {
+  const { logger } = capture();
+  const layout = RedisLayout.cluster();
+  const client = await connectRedis(redis.url, { logger, name: "test" });
+  return { store: new RedisStore(client, { ...options, logger, layout }), layout };
+}
+
 interface Opened {
   store: MessageStore;
   logs: string[];
@@ -356,11 +367,8 @@ Deno.test({
   ignore: SKIP_REASON !== undefined,
   async fn() {
     await using redis = await RedisServer.start();
-    const { logger } = capture();
-    const layout = RedisLayout.cluster();
-    const client = await connectRedis(redis.url, { logger, name: "test" });
     // 100-character texts, 150 bytes of quota per sender and group.
-    const store = new RedisStore(client, { logger, layout, maxPendingBytesPerSender: 150 });
+    const { store, layout } = await clusterLayoutStore(redis, { maxPendingBytesPerSender: 150 });
     const [b, c] = sameGroup(layout, 2);
     let a = "a0";
     for (let i = 1; layout.group(a) === layout.group(b); i++) a = `a${i}`;
@@ -394,10 +402,7 @@ Deno.test({
   ignore: SKIP_REASON !== undefined,
   async fn() {
     await using redis = await RedisServer.start();
-    const { logger } = capture();
-    const layout = RedisLayout.cluster();
-    const client = await connectRedis(redis.url, { logger, name: "test" });
-    const store = new RedisStore(client, { logger, layout });
+    const { store, layout } = await clusterLayoutStore(redis);
     // s and b share a group; c is in another.
     const [s, b] = sameGroup(layout, 2);
     let c = "c0";

@@ -30,6 +30,21 @@ local function seq_of(value)
 end
 `;
 
+/**
+ * Lua: `claim(P, sender, id, print, groups, ttl)` claims (sender, id) in the
+ * group of prefix `P` (see CLAIM); true when the id is known with other
+ * recipients (another message: a duplicate).
+ */
+const CLAIM_LUA = `
+local function claim(P, sender, id, print, groups, ttl)
+  local key = P .. 'd:' .. sender .. '\\0' .. id
+  local prior = redis.call('GET', key)
+  if prior then return string.sub(prior, string.find(prior, '\\0', 1, true) + 1) ~= print end
+  redis.call('SET', key, groups .. '\\0' .. print, 'EX', ttl)
+  return false
+end
+`;
+
 /** Lua prelude: key names and the removal of one recipient's hold on a message. */
 const PRELUDE = `
 local P = KEYS[1]
@@ -83,19 +98,11 @@ end
  * ROUTE_LUA; gone lists sender, id of each message whose copy in this group
  * the cap removed.
  */
-const ACCEPT = PRELUDE + ROUTE_LUA + `
+const ACCEPT = PRELUDE + ROUTE_LUA + CLAIM_LUA + `
 local sender, id, text = ARGV[2], ARGV[3], ARGV[5]
 local FIRST = 19
 -- The claim of (sender, id), when this group is the sender's (CLAIM, without a script of its own).
-if ARGV[16] ~= '' then
-  local claim = P .. 'd:' .. sender .. '\\0' .. id
-  local prior = redis.call('GET', claim)
-  if prior then
-    if string.sub(prior, string.find(prior, '\\0', 1, true) + 1) ~= ARGV[16] then return {3} end
-  else
-    redis.call('SET', claim, ARGV[17] .. '\\0' .. ARGV[16], 'EX', ARGV[18])
-  end
-end
+if ARGV[16] ~= '' and claim(P, sender, id, ARGV[16], ARGV[17], ARGV[18]) then return {3} end
 local count = #ARGV - FIRST + 1
 -- Numbers as strings once: Lua formats a number with sprintf each time it passes one on.
 local scount, size = tostring(count), tostring(string.len(text))
@@ -362,14 +369,8 @@ return {dropped, unacked, looked, gone}
  * echo user}: a new message, or a resend of the same one (its groups then
  * store what they miss and answer duplicate for the rest).
  */
-const CLAIM = ROUTE_LUA + `
-local key = KEYS[1] .. 'd:' .. ARGV[2] .. '\\0' .. ARGV[3]
-local prior = redis.call('GET', key)
-if prior then
-  if string.sub(prior, string.find(prior, '\\0', 1, true) + 1) ~= ARGV[7] then return {1} end
-else
-  redis.call('SET', key, ARGV[8] .. '\\0' .. ARGV[7], 'EX', ARGV[4])
-end
+const CLAIM = ROUTE_LUA + CLAIM_LUA + `
+if claim(KEYS[1], ARGV[2], ARGV[3], ARGV[7], ARGV[8], ARGV[4]) then return {1} end
 local instances = {}
 if ARGV[6] ~= '' then instances = route(ARGV[1], 'r', '', '', ARGV[5], ARGV[6], ARGV, 9, nil) end
 return {0, instances}
