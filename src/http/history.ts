@@ -11,7 +11,8 @@ import { zodMessage } from "../util/zod_message.ts";
 
 const Query = z.object({
   with: z.string().min(1, "is required"),
-  before: z.string().regex(/^\d+$/, "must be a cursor from a previous page").optional(),
+  // A store's cursor: a number, or on a Redis Cluster one per side of the conversation (`12_34`).
+  before: z.string().regex(/^(\d+|\d*_\d*)$/, "must be a cursor from a previous page").optional(),
   limit: z.coerce.number().int().min(1).max(200).default(50),
 });
 
