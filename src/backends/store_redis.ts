@@ -405,13 +405,15 @@ export class RedisStore implements MessageStore {
         for (const instance of claim[1]) instances.add(instance);
       }
       // A seq names one group's copy: only a delivery to users of one group may carry it.
+      // The frame text as a field of its own, not escaped into the entry (as on a single Redis).
+      const apart = delivery.text === message.text;
       appends.push({
         instances: [...instances],
-        text: deliveryEntry(delivery),
+        text: apart ? storedEntry(delivery) : deliveryEntry(delivery),
+        body: apart ? delivery.text : undefined,
         seq: groups.size === 1 ? seq : undefined,
         bytes: groups.size === 1 ? bytes : undefined,
       });
-      // (On a cluster the frame text goes inside the entry: its append is a command of its own.)
     }
     await released;
     if (failed !== undefined) throw failed;
