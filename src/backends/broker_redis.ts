@@ -53,7 +53,7 @@ import { Router, type SequencedKey } from "./route_redis.ts";
 export { deliveryStream };
 
 /** Sorted set: live instance id → expiry (ms, Redis clock). */
-export const BROKER_INSTANCES = `${KEY_PREFIX}broker:instances`;
+const BROKER_INSTANCES = `${KEY_PREFIX}broker:instances`;
 
 type Envelope = ["d", Delivery] | ["k", Kick];
 

@@ -33,7 +33,7 @@ import { KEY_PREFIX, linkOf, type RedisClient, type RedisLink, RedisScripts } fr
 import { RedisLayout } from "./redis_layout.ts";
 
 /** Sorted set: instance → expiry of its presence entries (ms, Redis clock). */
-export const PRESENCE_INSTANCES = `${KEY_PREFIX}presence:instances`;
+const PRESENCE_INSTANCES = `${KEY_PREFIX}presence:instances`;
 
 /** Lua prelude: Redis time. */
 const NOW = `

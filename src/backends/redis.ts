@@ -162,8 +162,6 @@ export interface RedisLink {
   nodes(replicas?: boolean): RedisClient[] | Promise<RedisClient[]>;
   /** Calls `listener` each time a connection (to any node) becomes ready. */
   onReady(listener: () => void): void;
-  /** A new link to the same Redis (a blocking read needs its own connection). */
-  duplicate(name: string): Promise<RedisLink>;
   /** Waits for replies in flight, then closes. */
   close(): Promise<void>;
   /** Drops the connections at once (pending commands reject). */
@@ -174,13 +172,9 @@ export interface RedisLink {
 class SingleLink implements RedisLink {
   readonly cluster = false;
   readonly client: RedisClient;
-  #url?: string;
-  #options?: RedisConnectOptions;
 
-  constructor(client: RedisClient, url?: string, options?: RedisConnectOptions) {
+  constructor(client: RedisClient) {
     this.client = client;
-    this.#url = url;
-    this.#options = options;
   }
 
   get isReady(): boolean {
@@ -199,20 +193,6 @@ class SingleLink implements RedisLink {
     this.client.on("ready", listener);
   }
 
-  async duplicate(name: string): Promise<RedisLink> {
-    if (this.#url === undefined) {
-      const client = this.client.duplicate({ name: `im-${name}` });
-      client.on("error", () => {});
-      await client.connect();
-      return new SingleLink(client as RedisClient);
-    }
-    return new SingleLink(
-      await connectRedis(this.#url, { ...this.#options!, name }),
-      this.#url,
-      this.#options,
-    );
-  }
-
   close(): Promise<void> {
     return closeRedis(this.client);
   }
@@ -226,22 +206,13 @@ class SingleLink implements RedisLink {
 class ClusterLink implements RedisLink {
   readonly cluster = true;
   #client: RedisClusterClient;
-  #url: string;
-  #options: RedisConnectOptions;
   #discovering?: Promise<void>;
   #discoveredAt = 0;
 
   #retry: { until: number };
 
-  constructor(
-    client: RedisClusterClient,
-    url: string,
-    options: RedisConnectOptions,
-    retry: { until: number },
-  ) {
+  constructor(client: RedisClusterClient, retry: { until: number }) {
     this.#client = client;
-    this.#url = url;
-    this.#options = options;
     this.#retry = retry;
   }
 
@@ -308,10 +279,6 @@ class ClusterLink implements RedisLink {
     this.#client.on("node-ready", listener);
   }
 
-  duplicate(name: string): Promise<RedisLink> {
-    return connectCluster(this.#url, { ...this.#options, name });
-  }
-
   async close(): Promise<void> {
     if (this.#client.isOpen) {
       try {
@@ -355,7 +322,7 @@ export async function openRedis(url: string, options: RedisConnectOptions): Prom
   } catch {
     // INFO disabled or not answered: treat it as a single Redis.
   }
-  if (!clustered) return new SingleLink(client, url, options);
+  if (!clustered) return new SingleLink(client);
   await closeRedis(client);
   return await connectCluster(url, options);
 }
@@ -410,7 +377,7 @@ async function connectCluster(url: string, options: RedisConnectOptions): Promis
     logger.info("Redis Cluster connection restored", { connection: name });
   });
   await cluster.connect();
-  return new ClusterLink(cluster, url, options, retry);
+  return new ClusterLink(cluster, retry);
 }
 
 /**

@@ -82,7 +82,13 @@ export class RedisLayout {
 
   /** {@link CLUSTER_GROUPS} hash-tagged groups (or `groups`, for tests). */
   static cluster(groups = CLUSTER_GROUPS): RedisLayout {
-    return new RedisLayout(Array.from({ length: groups }, (_, k) => groupTag(k, groups)), false);
+    if (groups === CLUSTER_GROUPS && clusterLayout) return clusterLayout;
+    const layout = new RedisLayout(
+      Array.from({ length: groups }, (_, k) => groupTag(k, groups)),
+      false,
+    );
+    if (groups === CLUSTER_GROUPS) clusterLayout = layout;
+    return layout;
   }
 
   /** The layout for a link: hash-tagged groups on a Redis Cluster. */
@@ -92,13 +98,7 @@ export class RedisLayout {
 
   /** The group of `userId` (FNV-1a of its UTF-16 code units). */
   group(userId: string): number {
-    if (this.groups === 1) return 0;
-    let hash = 0x811c9dc5;
-    for (let i = 0; i < userId.length; i++) {
-      hash ^= userId.charCodeAt(i);
-      hash = Math.imul(hash, 0x01000193);
-    }
-    return (hash >>> 0) % this.groups;
+    return this.groups === 1 ? 0 : fnv1a([userId]) % this.groups;
   }
 
   /** Prefix of the message keys of group `k` (a key itself: scripts declare it as KEYS[1]). */
@@ -126,6 +126,25 @@ export class RedisLayout {
     }
     return byGroup;
   }
+}
+
+/** The layout of {@link CLUSTER_GROUPS} groups, made once (every backend of an instance asks). */
+let clusterLayout: RedisLayout | undefined;
+
+/**
+ * FNV-1a (32 bits) over the UTF-16 code units of `parts`, with a separator
+ * between parts: user groups, and the fingerprint of a recipient list.
+ */
+export function fnv1a(parts: readonly string[]): number {
+  let hash = 0x811c9dc5;
+  parts.forEach((part, index) => {
+    if (index > 0) hash = Math.imul(hash ^ 0xff, 0x01000193);
+    for (let i = 0; i < part.length; i++) {
+      hash ^= part.charCodeAt(i);
+      hash = Math.imul(hash, 0x01000193);
+    }
+  });
+  return hash >>> 0;
 }
 
 /** The delivery stream of an instance (its own slot on a Redis Cluster). */

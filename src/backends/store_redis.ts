@@ -59,7 +59,7 @@ import type { Delivery } from "../core/broker.ts";
 import type { Logger } from "../log.ts";
 import { BackendUnavailableError } from "../core/errors.ts";
 import { guard, linkOf, type RedisClient, type RedisLink, RedisScripts } from "./redis.ts";
-import { RedisLayout } from "./redis_layout.ts";
+import { fnv1a, RedisLayout } from "./redis_layout.ts";
 import {
   type Append,
   deliveryEntry,
@@ -697,17 +697,9 @@ export class RedisStore implements MessageStore {
   }
 }
 
-/** A short hash of a recipient list (FNV-1a): tells a resend from another message with its id. */
+/** A short hash of a recipient list: tells a resend from another message with its id. */
 function fingerprint(recipients: readonly string[]): string {
-  let hash = 0x811c9dc5;
-  for (const user of recipients) {
-    for (let i = 0; i < user.length; i++) {
-      hash ^= user.charCodeAt(i);
-      hash = Math.imul(hash, 0x01000193);
-    }
-    hash = Math.imul(hash ^ 0xff, 0x01000193);
-  }
-  return (hash >>> 0).toString(16);
+  return fnv1a(recipients).toString(16);
 }
 
 /** Whether HISTORY row `a` was accepted after `b` (by acceptedAt, then order stamp). */
